@@ -1,0 +1,162 @@
+"""The `registry-bot` command line: check, scan, serve, audit.
+
+check and scan import only what they need (no Slack, no Kubernetes), so they start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from bot.config import Settings, load_settings
+from bot.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from bot.refs import ImageRef
+    from bot.registry.model import CheckResult
+    from bot.registry.scan import ScanResult
+
+EXIT_INTACT, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse exits 2 with usage: keep that, one line of reason
+        self.print_usage(sys.stderr)
+        print(f"registry-bot: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="registry-bot", description="Find, fix and verify broken images on an OCI registry.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log requests and retries to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    check = commands.add_parser("check", help="check one image, down to every blob")
+    check.add_argument("reference", help="owner/name:tag or owner/name@sha256:<digest>, optionally host-prefixed")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+
+    scan = commands.add_parser("scan", help="check every tag of every repository")
+    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
+
+    commands.add_parser("serve", help="run the Slack bot")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        if args.command == "check":
+            return _check(args)
+        if args.command == "scan":
+            return _scan(args)
+        if args.command == "serve":
+            from bot.serve import serve
+
+            code: int = serve(load_settings())
+            return code
+    except UserFacingError as exc:
+        print(f"registry-bot: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last guard: a person never sees a traceback
+        logging.getLogger("bot").debug("unexpected failure", exc_info=True)
+        print(
+            f"registry-bot: internal error ({type(exc).__name__}); run with -v to log details.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    return EXIT_ERROR
+
+
+def _check(args: argparse.Namespace) -> int:
+    from bot.refs import parse_reference
+    from bot.registry.model import CheckResult
+
+    settings: Settings | None = None
+    try:
+        settings = load_settings()
+        settings.require("registry_url")
+        ref = parse_reference(args.reference, settings.all_registry_hosts)
+        result = asyncio.run(_check_one(settings, ref))
+    except UserFacingError as exc:
+        result = CheckResult(
+            reference=args.reference[:200],
+            registry=settings.registry_host if settings else "",
+            status="error",
+            error=str(exc),
+        )
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.verdict())
+        for problem in result.problems:
+            print(f"  {problem.summary()}")
+    return result.exit_code
+
+
+async def _check_one(settings: Settings, ref: ImageRef) -> CheckResult:
+    from bot.integrations.vault import registry_password
+    from bot.registry.client import RegistryClient
+    from bot.registry.integrity import IntegrityChecker
+
+    password = await asyncio.to_thread(registry_password, settings)
+    async with RegistryClient(settings, password) as client:
+        return await IntegrityChecker(client).check(ref)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.require("registry_url")
+    if args.tags_per_repo is not None and args.tags_per_repo < 0:
+        print("registry-bot: --tags-per-repo must be 0 or more.", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        scan = asyncio.run(_scan_all(settings, args.tags_per_repo))
+    except UserFacingError as exc:
+        if args.json:
+            summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
+            print(json.dumps({"results": [], "summary": summary}))
+        else:
+            print(f"COULD NOT SCAN {settings.registry_host}: {exc}")
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(scan.to_json()))
+        return scan.exit_code
+    summary = scan.summary()
+    if scan.error:
+        print(f"COULD NOT SCAN {scan.registry}: {scan.error}")
+        return scan.exit_code
+    print(
+        f"{'BROKEN' if scan.broken else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
+        f"{summary['repositories']} repositories, {summary['broken']} broken, {summary['errors']} not checked "
+        f"({summary['objects_checked']} objects, {summary['elapsed_ms']} ms, listed by {scan.listed_by})."
+    )
+    for result in scan.results:
+        if result.status != "intact":
+            print(result.verdict())
+            for problem in result.problems:
+                print(f"  {problem.summary()}")
+    return scan.exit_code
+
+
+async def _scan_all(settings: Settings, tags_per_repo: int | None) -> ScanResult:
+    from bot.integrations.vault import registry_password
+    from bot.registry.client import RegistryClient
+    from bot.registry.scan import scan_registry
+
+    password = await asyncio.to_thread(registry_password, settings)
+    async with RegistryClient(settings, password) as client:
+        return await scan_registry(client, tags_per_repo=tags_per_repo)

@@ -1,0 +1,215 @@
+"""One Settings object, read from the environment and an optional YAML file (REGISTRY_BOT_CONFIG).
+
+The environment wins over the file. Secrets are wrapped in `Secret`, whose str/repr never shows the value,
+so a settings object can be logged or printed safely. Plain dataclasses (not pydantic) keep the
+check/scan start-up fast: importing pydantic-settings costs ~150 ms, more than a small scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from bot.errors import ConfigError
+
+
+class Secret:
+    """A secret value: shows as '**********' everywhere but `reveal()`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def _setting(default: Any, doc: str, *, secret: bool = False, vault: str = "") -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret, "vault": vault})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- the registry -------------------------------------------------------------------------------
+    registry_url: str = _setting("", "Registry base URL, scheme and host (https://forgejo.example.org).")
+    registry_username: str = _setting("", "User for the registry (Basic, or the token login).")
+    registry_password: Secret = _setting(
+        Secret(""),
+        "Password or token for the registry.",
+        secret=True,
+        vault="VAULT_KV_MOUNT/VAULT_REGISTRY_PATH field VAULT_REGISTRY_FIELD",
+    )
+    registry_kind: str = _setting("forgejo", "forgejo or distribution: how versions are listed and deleted.")
+    registry_hosts: tuple[str, ...] = _setting(
+        (),
+        "Other host[:port] names of the same registry (in-cluster service name, mirrors), comma-separated.",
+    )
+    registry_instance: str = _setting(
+        "", "The `instance` label the probe's metrics and alerts carry (default: REGISTRY_URL's host[:port])."
+    )
+    registry_tls_verify: bool = _setting(True, "Verify the registry's TLS certificate.")
+    registry_ca_file: str = _setting("", "CA bundle for the registry's TLS certificate.")
+    registry_timeout: float = _setting(10.0, "Seconds before one registry request times out.")
+    registry_retries: int = _setting(3, "Attempts per request on 5xx, timeouts and connection errors.")
+    registry_concurrency: int = _setting(32, "Registry requests in flight at once.")
+    forgejo_owners: tuple[str, ...] = _setting(
+        ("viktor",), "Forgejo owners whose container packages a scan lists when the catalog cannot serve."
+    )
+    # --- Vault --------------------------------------------------------------------------------------
+    vault_addr: str = _setting("", "Vault (or OpenBao) address; secrets not set directly come from here.")
+    vault_auth: str = _setting(
+        "", "token, kubernetes or approle (default: token when VAULT_TOKEN is set, else kubernetes)."
+    )
+    vault_token: Secret = _setting(Secret(""), "Vault token (VAULT_AUTH=token).", secret=True)
+    vault_role: str = _setting("registry-bot", "Vault Kubernetes-auth role.")
+    vault_kubernetes_mount: str = _setting("kubernetes", "Mount path of Vault's Kubernetes auth method.")
+    vault_jwt_path: str = _setting(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token", "ServiceAccount token for Kubernetes auth."
+    )
+    vault_role_id: str = _setting("", "AppRole role_id (VAULT_AUTH=approle).")
+    vault_secret_id: Secret = _setting(Secret(""), "AppRole secret_id (VAULT_AUTH=approle).", secret=True)
+    vault_kv_mount: str = _setting("secret", "KV v2 mount holding the bot's secrets.")
+    vault_registry_path: str = _setting("viktor", "KV path of the registry pull token.")
+    vault_registry_field: str = _setting("forgejo_pull_token", "Field of the registry pull token.")
+    vault_timeout: float = _setting(5.0, "Seconds before a Vault request times out.")
+
+    # --- derived --------------------------------------------------------------------------------------
+    @property
+    def registry_host(self) -> str:
+        """host[:port] of REGISTRY_URL, as references and probe labels spell it."""
+        return urlsplit(self.registry_url).netloc
+
+    @property
+    def all_registry_hosts(self) -> tuple[str, ...]:
+        hosts = [self.registry_host, *self.registry_hosts]
+        return tuple(dict.fromkeys(h for h in hosts if h))
+
+    @property
+    def instance(self) -> str:
+        return self.registry_instance or self.registry_host
+
+    def require(self, *names: str) -> None:
+        """Raise one ConfigError naming every missing setting among `names`."""
+        missing = [n.upper() for n in names if not getattr(self, n)]
+        if missing:
+            raise ConfigError("Missing required settings: " + ", ".join(missing) + ".")
+
+    def with_values(self, **values: Any) -> Settings:
+        return dataclasses.replace(self, **values)
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, not '{raw}'")
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "tuple[str, ...]": _parse_list,
+    "Secret": Secret,
+}
+
+
+def _coerce(name: str, type_name: str, raw: Any) -> Any:
+    if type_name == "tuple[str, ...]" and isinstance(raw, list | tuple):
+        return tuple(str(item) for item in raw)
+    if type_name == "bool" and isinstance(raw, bool):
+        return raw
+    try:
+        return _PARSERS[type_name](str(raw))
+    except ValueError as exc:
+        raise ConfigError(f"Setting {name.upper()} is malformed: {exc}.") from None
+
+
+def _read_yaml(path: str) -> Mapping[str, Any]:
+    import yaml  # only when a file is named: keeps the common path light
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the config file {path}: {exc.strerror}.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"The config file {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"The config file {path} must hold a mapping of settings.")
+    return {str(key).lower(): value for key, value in data.items()}
+
+
+def setting_fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(Settings))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    file_values: Mapping[str, Any] = {}
+    if env.get("REGISTRY_BOT_CONFIG"):
+        file_values = _read_yaml(env["REGISTRY_BOT_CONFIG"])
+    known = {f.name for f in setting_fields()}
+    unknown = sorted(set(file_values) - known - EXTRA_FILE_KEYS)
+    if unknown:
+        raise ConfigError("Unknown settings in the config file: " + ", ".join(unknown) + ".")
+    values: dict[str, Any] = {}
+    for f in setting_fields():
+        type_name = str(f.type)
+        env_name = f.name.upper()
+        if env_name in env:
+            values[f.name] = _coerce(f.name, type_name, env[env_name])
+        elif f.name in file_values and file_values[f.name] is not None:
+            values[f.name] = _coerce(f.name, type_name, file_values[f.name])
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+# Structured sections only the YAML file can hold (per-image CI mappings and the like).
+EXTRA_FILE_KEYS: set[str] = set()
+
+
+def _validate(settings: Settings) -> None:
+    if settings.registry_url:
+        parts = urlsplit(settings.registry_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(
+                "REGISTRY_URL must be scheme and host, like https://forgejo.example.org, "
+                f"not '{settings.registry_url}'."
+            )
+        if parts.username or parts.password:
+            raise ConfigError("REGISTRY_URL must not carry credentials; use REGISTRY_USERNAME and REGISTRY_PASSWORD.")
+    if settings.registry_kind not in {"forgejo", "distribution"}:
+        raise ConfigError(f"REGISTRY_KIND must be forgejo or distribution, not '{settings.registry_kind}'.")
+    if settings.vault_auth not in {"", "token", "kubernetes", "approle"}:
+        raise ConfigError(f"VAULT_AUTH must be token, kubernetes or approle, not '{settings.vault_auth}'.")
+    for name in ("registry_timeout", "registry_retries", "registry_concurrency"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name.upper()} must be positive.")

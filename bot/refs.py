@@ -1,0 +1,132 @@
+"""Image references: the distribution reference grammar, restricted to the configured registry.
+
+Validation happens before any network request, so a malformed or foreign reference costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bot.errors import BadReference
+
+# From distribution/reference's grammar (reference/regexp.go).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+_DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+_HOST = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$"
+)
+MAX_NAME_LENGTH = 255
+MAX_REFERENCE_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A repository on the configured registry, with a tag, a digest, or both (the digest wins)."""
+
+    name: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """What to put after /manifests/: the digest when there is one, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    @property
+    def owner(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def short_name(self) -> str:
+        """The name without its owner (Forgejo's package name)."""
+        return self.name.split("/", 1)[1] if "/" in self.name else self.name
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def validate_digest(digest: str) -> str:
+    match = _DIGEST.match(digest)
+    if not match:
+        raise BadReference(f"'{_clip(digest)}' is not a digest: expected sha256:<64 hex> or sha512:<128 hex>.")
+    algorithm, hex_part = match.groups()
+    if len(hex_part) != _DIGEST_HEX_LENGTH[algorithm]:
+        raise BadReference(
+            f"'{_clip(digest)}' is not a well-formed {algorithm} digest: "
+            f"it needs {_DIGEST_HEX_LENGTH[algorithm]} hex digits, not {len(hex_part)}."
+        )
+    return digest
+
+
+def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef:
+    """Parse `[host[:port]/]owner/name(:tag|@digest|:tag@digest)`.
+
+    `registry_hosts` are the host[:port] names of the configured registry; a reference naming any other
+    host is refused, since the bot holds credentials for its own registry only.
+    """
+    raw = text.strip()
+    if not raw:
+        raise BadReference("No image given: expected owner/name:tag or owner/name@sha256:<digest>.")
+    if len(raw) > MAX_REFERENCE_LENGTH:
+        raise BadReference(f"The reference is {len(raw)} characters long; at most {MAX_REFERENCE_LENGTH} make sense.")
+    if any(c.isspace() for c in raw):
+        raise BadReference(f"'{_clip(raw)}' contains white space; an image reference has none.")
+
+    remainder, digest = raw, None
+    if "@" in raw:
+        remainder, digest = raw.split("@", 1)
+        validate_digest(digest)
+
+    # The first component is a host when it has a dot or a port, or is localhost (the distribution rule).
+    first, sep, rest = remainder.partition("/")
+    host = None
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        host, remainder = first, rest
+        if not _HOST.match(host):
+            raise BadReference(f"'{_clip(host)}' is not a valid registry host.")
+        allowed = {h.lower() for h in registry_hosts}
+        if host.lower() not in allowed:
+            named = ", ".join(sorted(allowed)) or "none configured"
+            raise BadReference(f"'{host}' is not this bot's registry ({named}); it checks only its own registry.")
+
+    tag = None
+    last_slash = remainder.rfind("/")
+    colon = remainder.rfind(":")
+    if colon > last_slash:
+        remainder, tag = remainder[:colon], remainder[colon + 1 :]
+        if not _TAG.match(tag):
+            raise BadReference(
+                f"'{_clip(tag)}' is not a valid tag: up to 128 letters, digits, '_', '.', '-', "
+                "not starting with '.' or '-'."
+            )
+
+    name = remainder
+    if not name:
+        raise BadReference(f"'{_clip(raw)}' names no repository: expected owner/name:tag.")
+    if name != name.lower() and _NAME.match(name.lower()):
+        raise BadReference(f"'{_clip(name)}' has capital letters; repository names are lowercase.")
+    if not _NAME.match(name):
+        raise BadReference(
+            f"'{_clip(name)}' is not a valid repository name: lowercase letters and digits in components "
+            "separated by '/', joined inside by '.', '_', '__' or '-'."
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise BadReference(f"The repository name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}.")
+    if tag is None and digest is None:
+        raise BadReference(f"'{_clip(raw)}' has no tag or digest: add ':<tag>' or '@sha256:<digest>'.")
+    return ImageRef(name=name, tag=tag, digest=digest)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """Echo user input back without letting it flood a message or a log line."""
+    printable = "".join(c if c.isprintable() else "?" for c in text)
+    return printable if len(printable) <= limit else printable[: limit - 1] + "…"

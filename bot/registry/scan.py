@@ -1,0 +1,154 @@
+"""The scan: every repository and tag the registry lists, each walked by one shared IntegrityChecker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+from bot.errors import CouldNotCheck
+from bot.refs import ImageRef
+from bot.registry.client import RegistryClient
+from bot.registry.integrity import IntegrityChecker
+from bot.registry.model import CheckResult
+
+PAGE_SIZE = 100
+TAGS_IN_FLIGHT = 24
+
+
+@dataclass
+class ScanResult:
+    registry: str
+    results: list[CheckResult] = field(default_factory=list)
+    repositories: int = 0
+    catalog_accessible: bool = True
+    listed_by: str = "catalog"
+    elapsed_ms: int = 0
+    error: str | None = None
+
+    @property
+    def broken(self) -> list[CheckResult]:
+        return [r for r in self.results if r.status == "broken"]
+
+    @property
+    def errors(self) -> list[CheckResult]:
+        return [r for r in self.results if r.status == "error"]
+
+    @property
+    def exit_code(self) -> int:
+        if self.error:
+            return 2
+        return 1 if self.broken else 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "registry": self.registry,
+            "status": "error" if self.error else ("broken" if self.broken else "intact"),
+            "repositories": self.repositories,
+            "tags": len(self.results),
+            "indexes": sum(1 for r in self.results if r.is_index),
+            "intact": sum(1 for r in self.results if r.status == "intact"),
+            "broken": len(self.broken),
+            "errors": len(self.errors),
+            "objects_checked": sum(r.objects_checked for r in self.results),
+            "catalog_accessible": self.catalog_accessible,
+            "listed_by": self.listed_by,
+            "elapsed_ms": self.elapsed_ms,
+            **({"error": self.error} if self.error else {}),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"results": [r.to_json() for r in self.results], "summary": self.summary()}
+
+
+async def _paged(client: RegistryClient, path: str, params: dict[str, str], key: str) -> list[str]:
+    """Follow `Link: <...>; rel="next"` through a paginated listing, collecting `key` from each page."""
+    items: list[str] = []
+    url: str | None = path
+    query: dict[str, str] | None = params
+    pages = 0
+    while url and pages < 10_000:
+        pages += 1
+        response = await client.request("GET", url, params=query)
+        if response.status_code != 200:
+            raise CouldNotCheck(
+                f"The registry {client.settings.registry_host} answered HTTP {response.status_code} "
+                f"to GET {httpx.URL(url).path}; it cannot be listed."
+            )
+        try:
+            page = response.json().get(key) or []
+        except (ValueError, AttributeError):
+            raise CouldNotCheck(f"The registry's {httpx.URL(url).path} answer is not JSON.") from None
+        items.extend(str(item) for item in page)
+        next_link = response.links.get("next", {}).get("url")
+        url = urljoin(client.base_url + "/", next_link) if next_link else None
+        query = None  # the next link carries its own query
+    return items
+
+
+async def list_repositories(client: RegistryClient) -> tuple[list[str], str]:
+    """Every repository name, and where the list came from ('catalog' or 'packages API')."""
+    try:
+        return await _paged(client, "/v2/_catalog", {"n": str(PAGE_SIZE)}, "repositories"), "catalog"
+    except CouldNotCheck:
+        if client.settings.registry_kind != "forgejo":
+            raise
+    from bot.integrations.forgejo import ForgejoPackages  # only on the fallback path
+
+    packages = ForgejoPackages(client)
+    return await packages.container_repositories(client.settings.forgejo_owners), "packages API"
+
+
+async def list_tags(client: RegistryClient, name: str) -> list[str]:
+    return await _paged(client, f"/v2/{name}/tags/list", {"n": str(PAGE_SIZE)}, "tags")
+
+
+ProgressCallback = Callable[[CheckResult], Awaitable[None] | None]
+
+
+async def scan_registry(
+    client: RegistryClient,
+    *,
+    tags_per_repo: int | None = None,
+    on_result: ProgressCallback | None = None,
+) -> ScanResult:
+    started = time.perf_counter()
+    result = ScanResult(registry=client.settings.registry_host)
+    try:
+        repositories, result.listed_by = await list_repositories(client)
+    except CouldNotCheck as exc:
+        result.catalog_accessible = False
+        result.error = str(exc)
+        result.elapsed_ms = round((time.perf_counter() - started) * 1000)
+        return result
+    result.repositories = len(repositories)
+    checker = IntegrityChecker(client)
+    gate = asyncio.Semaphore(TAGS_IN_FLIGHT)
+
+    async def check_tag(name: str, tag: str) -> CheckResult:
+        async with gate:
+            outcome = await checker.check(ImageRef(name=name, tag=tag), display=f"{name}:{tag}")
+        if on_result is not None:
+            maybe = on_result(outcome)
+            if maybe is not None:
+                await maybe
+        return outcome
+
+    async def check_repository(name: str) -> list[CheckResult]:
+        try:
+            tags = await list_tags(client, name)
+        except CouldNotCheck as exc:
+            return [CheckResult(reference=name, registry=result.registry, status="error", error=str(exc))]
+        if tags_per_repo is not None:
+            tags = tags[-tags_per_repo:] if tags_per_repo > 0 else []
+        return list(await asyncio.gather(*(check_tag(name, tag) for tag in tags)))
+
+    for tag_results in await asyncio.gather(*(check_repository(name) for name in repositories)):
+        result.results.extend(tag_results)
+    result.elapsed_ms = round((time.perf_counter() - started) * 1000)
+    return result

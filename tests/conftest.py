@@ -1,0 +1,66 @@
+"""Shared fixtures: real peers started once per session, and a way to run the real command line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.peers.registry import ImagePusher, Registry
+
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    with Registry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def auth_registry() -> Iterator[Registry]:
+    with Registry(username="cluster-puller", password="pull-token-s3cret") as reg:
+        yield reg
+
+
+@pytest.fixture
+def pusher(registry: Registry) -> Iterator[ImagePusher]:
+    p = ImagePusher(registry.url)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def repo_name() -> str:
+    """A repository name no other test uses, so tests can share one registry."""
+    return f"viktor/app{next(_names)}-{os.getpid()}"
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
+    """Run `registry-bot` as a person would, in a clean environment plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "VAULT_", "SLACK_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
