@@ -166,8 +166,9 @@ def test_bad_references_exit_2_with_one_line_and_no_request(ref, why):
 
 
 def test_an_unreachable_registry_is_exit_2(unused_port):
-    run = run_cli("check", "viktor/app:latest", env={"REGISTRY_URL": f"http://127.0.0.1:{unused_port}",
-                                                      "REGISTRY_RETRIES": "2"})
+    run = run_cli(
+        "check", "viktor/app:latest", env={"REGISTRY_URL": f"http://127.0.0.1:{unused_port}", "REGISTRY_RETRIES": "2"}
+    )
     assert run.code == 2
     assert "unreachable" in run.stdout
     assert "Traceback" not in run.stderr

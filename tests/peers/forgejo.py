@@ -255,7 +255,7 @@ class ForgejoStandIn:
                 page = int(query.get("page", ["1"])[0])
                 limit = int(query.get("limit", ["50"])[0])
                 versions = []
-                catalog = stand_in._upstream.get("/v2/_catalog", params={"n": "10000"}).json()
+                catalog = stand_in._upstream.get("/v2/_catalog", params={"n": "1000"}).json()
                 for repo in catalog.get("repositories") or []:
                     if not repo.startswith(owner + "/"):
                         continue
