@@ -9,10 +9,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from bot.errors import CouldNotCheck
-from bot.registry.client import RegistryClient
+from bot.registry.client import RegistryClient, RegistryResponse
 
 PAGE_LIMIT = 50
 MAX_PAGES = 1000
@@ -21,13 +19,13 @@ MAX_PAGES = 1000
 class ForgejoPackages:
     def __init__(self, registry: RegistryClient, token: str | None = None) -> None:
         self._registry = registry
-        self._token = token if token is not None else registry._password
+        self._token = token if token is not None else registry.password
         self.host = registry.settings.registry_host
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"token {self._token}", "Accept": "application/json"} if self._token else {}
 
-    async def _get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> RegistryResponse:
         return await self._registry.request_plain("GET", path, headers=self._headers(), params=params)
 
     async def container_repositories(self, owners: tuple[str, ...]) -> list[str]:

@@ -4,19 +4,28 @@
   (Forgejo offers both; the token is preferred, cached while valid, and fetched again on a 401).
 - Retries with backoff only on 5xx, timeouts and connection errors; never on 4xx.
 - One connection pool for the whole run; a semaphore bounds requests in flight.
+
+It runs on aiohttp, not httpx: a scan is thousands of small requests on a machine whose cores the registry
+shares, and httpx's async pool cost ~2 ms of CPU per request here (more as concurrency grows) against
+~0.25 ms for aiohttp; benchmarks/scan.py measured the whole scan 3x faster. Other, low-volume API clients
+use httpx.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from bot.config import Settings
 from bot.errors import AuthFailed, CouldNotCheck
@@ -33,6 +42,20 @@ class _Token:
     expires_at: float  # monotonic; inf when the registry gave no lifetime (Forgejo)
 
 
+@dataclass
+class RegistryResponse:
+    """A finished answer: status, headers, the exact body bytes (never decompressed), the next page link."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+    sent_authorization: str | None
+    next_link: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
 class RegistryFailing(CouldNotCheck):
     """The registry kept answering 5xx to one request."""
 
@@ -46,35 +69,27 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), dict(_CHALLENGE_PARAM.findall(params))
 
 
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
 class RegistryClient:
     """Talks to one registry. Use as `async with RegistryClient(settings, password) as client:`."""
 
-    def __init__(self, settings: Settings, password: str = "", transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, settings: Settings, password: str = "") -> None:
         self.settings = settings
         self.base_url = settings.registry_url.rstrip("/")
+        self.password = password
         self._username = settings.registry_username
-        self._password = password
+        self._basic = _basic(self._username, password)
         self._semaphore = asyncio.Semaphore(settings.registry_concurrency)
         self._tokens: dict[str, _Token] = {}
         self._token_locks: dict[str, asyncio.Lock] = {}
         # Learned from the first challenge, so later requests carry credentials up front.
         self._scheme: str | None = None
         self._bearer_params: dict[str, str] = {}
-        verify: bool | str = settings.registry_ca_file or settings.registry_tls_verify
-        limits = httpx.Limits(
-            max_connections=settings.registry_concurrency,
-            max_keepalive_connections=settings.registry_concurrency,
-        )
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.registry_timeout),
-            limits=limits,
-            verify=verify,
-            transport=transport,
-            headers={"User-Agent": "registry-bot"},
-        )
+        self._session: aiohttp.ClientSession | None = None
         self.requests_made = 0
-        credentials = f"{self._username}:{password}".encode()
-        self._basic = "Basic " + base64.b64encode(credentials).decode("ascii")
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -83,7 +98,26 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            settings = self.settings
+            tls: ssl.SSLContext | bool = True
+            if settings.registry_ca_file:
+                tls = ssl.create_default_context(cafile=settings.registry_ca_file)
+            elif not settings.registry_tls_verify:
+                tls = False
+            connector = aiohttp.TCPConnector(limit=settings.registry_concurrency, ssl=tls, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=settings.registry_timeout),
+                auto_decompress=False,  # digests are over the exact stored bytes
+                headers={"User-Agent": "registry-bot"},
+            )
+        return self._session
 
     # --- requests ---------------------------------------------------------------------------------
 
@@ -95,7 +129,7 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         follow_redirects: bool = False,
-    ) -> httpx.Response:
+    ) -> RegistryResponse:
         """Send a request to the registry with auth and retries. 4xx answers are returned, not raised.
 
         Raises CouldNotCheck when the registry cannot be reached or keeps failing, AuthFailed when it
@@ -105,7 +139,7 @@ class RegistryClient:
         response = await self._send_with_retries(method, url, headers, params, follow_redirects)
         if response.status_code == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
-            await self._answer_challenge(challenge, refused=response.request.headers.get("Authorization"))
+            await self._answer_challenge(challenge, refused=response.sent_authorization)
             response = await self._send_with_retries(method, url, headers, params, follow_redirects)
             if response.status_code == 401:
                 raise AuthFailed(self._auth_failed_message())
@@ -118,7 +152,7 @@ class RegistryClient:
         *,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> RegistryResponse:
         """A request outside /v2/ (Forgejo's API) on the same pool and retries, with the caller's own auth."""
         url = f"{self.base_url}{path}"
         return await self._send_with_retries(method, url, headers, params, False, with_auth=False)
@@ -132,7 +166,7 @@ class RegistryClient:
         follow_redirects: bool,
         *,
         with_auth: bool = True,
-    ) -> httpx.Response:
+    ) -> RegistryResponse:
         attempts = self.settings.registry_retries
         delay = 0.2
         for attempt in range(1, attempts + 1):
@@ -141,16 +175,25 @@ class RegistryClient:
             if auth:
                 all_headers["Authorization"] = auth
             try:
-                async with self._semaphore:
+                async with (
+                    self._semaphore,
+                    self._http().request(
+                        method, url, headers=all_headers, params=params, allow_redirects=follow_redirects
+                    ) as answer,
+                ):
                     self.requests_made += 1
-                    response = await self._http.request(
-                        method, url, headers=all_headers, params=params, follow_redirects=follow_redirects
+                    content = b"" if method == "HEAD" else await answer.read()
+                    next_page = answer.links.get("next")
+                    response = RegistryResponse(
+                        answer.status,
+                        answer.headers,
+                        content,
+                        all_headers.get("Authorization"),
+                        str(next_page["url"]) if next_page is not None else None,
                     )
-                    if method != "HEAD":
-                        await response.aread()
-            except httpx.TimeoutException:
+            except TimeoutError:
                 problem = f"timed out after {self.settings.registry_timeout:g}s"
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 problem = f"could not connect ({type(exc).__name__})"
             else:
                 if response.status_code not in RETRYABLE_STATUS:
@@ -215,19 +258,22 @@ class RegistryClient:
 
     async def _fetch_token(self, params: dict[str, str]) -> _Token:
         query = {key: params[key] for key in ("service", "scope") if params.get(key)}
-        auth = httpx.BasicAuth(self._username, self._password) if self._username else None
+        headers = {"Authorization": self._basic} if self._username else {}
+        realm = params["realm"]
         try:
-            response = await self._http.get(params["realm"], params=query, auth=auth)
-        except httpx.HTTPError as exc:
+            async with self._http().get(realm, params=query, headers=headers) as answer:
+                status = answer.status
+                content = await answer.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise CouldNotCheck(
-                f"The registry's token service {_path_of(params['realm'])} is unreachable ({type(exc).__name__})."
+                f"The registry's token service {_path_of(realm)} is unreachable ({type(exc).__name__})."
             ) from None
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             raise AuthFailed(self._auth_failed_message())
-        if response.status_code != 200:
-            raise CouldNotCheck(f"The registry's token service answered HTTP {response.status_code}; try again later.")
+        if status != 200:
+            raise CouldNotCheck(f"The registry's token service answered HTTP {status}; try again later.")
         try:
-            body = response.json()
+            body = json.loads(content)
             value = body.get("token") or body["access_token"]
         except (ValueError, KeyError, AttributeError):
             raise CouldNotCheck("The registry's token service answered without a token.") from None
@@ -245,4 +291,4 @@ class RegistryClient:
 
 def _path_of(url: str) -> str:
     """The path of a URL, for messages: never the query (it may carry a scope) nor credentials."""
-    return httpx.URL(url).path
+    return urlsplit(url).path

@@ -7,9 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
-
-import httpx
+from urllib.parse import urljoin, urlsplit
 
 from bot.errors import CouldNotCheck
 from bot.refs import ImageRef
@@ -78,14 +76,14 @@ async def _paged(client: RegistryClient, path: str, params: dict[str, str], key:
         if response.status_code != 200:
             raise CouldNotCheck(
                 f"The registry {client.settings.registry_host} answered HTTP {response.status_code} "
-                f"to GET {httpx.URL(url).path}; it cannot be listed."
+                f"to GET {urlsplit(url).path}; it cannot be listed."
             )
         try:
             page = response.json().get(key) or []
         except (ValueError, AttributeError):
-            raise CouldNotCheck(f"The registry's {httpx.URL(url).path} answer is not JSON.") from None
+            raise CouldNotCheck(f"The registry's {urlsplit(url).path} answer is not JSON.") from None
         items.extend(str(item) for item in page)
-        next_link = response.links.get("next", {}).get("url")
+        next_link = response.next_link
         url = urljoin(client.base_url + "/", next_link) if next_link else None
         query = None  # the next link carries its own query
     return items

@@ -84,9 +84,7 @@ DAEMONSETS = Resource("apps", "v1", "daemonsets", "DaemonSet", namespaced=True, 
 REPLICASETS = Resource("apps", "v1", "replicasets", "ReplicaSet", namespaced=True, tracks_generation=True)
 JOBS = Resource("batch", "v1", "jobs", "Job", namespaced=True, tracks_generation=True)
 CRONJOBS = Resource("batch", "v1", "cronjobs", "CronJob", namespaced=True, tracks_generation=True)
-PDBS = Resource(
-    "policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", namespaced=True, tracks_generation=True
-)
+PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", namespaced=True, tracks_generation=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True, has_status=False)
 
 RESOURCES: tuple[Resource, ...] = (
@@ -299,8 +297,7 @@ def _image_id(image: str) -> str:
 def _containers(image: str | Mapping[str, str], default_name: str) -> list[Obj]:
     images = {default_name: image} if isinstance(image, str) else dict(image)
     return [
-        {"name": name, "image": img, "imagePullPolicy": "IfNotPresent", "resources": {}}
-        for name, img in images.items()
+        {"name": name, "image": img, "imagePullPolicy": "IfNotPresent", "resources": {}} for name, img in images.items()
     ]
 
 
@@ -351,66 +348,59 @@ _EQ_TERM = re.compile(rf"^({_KEY})\s*(==|=|!=)\s*([A-Za-z0-9._-]*)$")
 _EXISTS_TERM = re.compile(rf"^({_KEY})$")
 
 
+def _requirement_holds(labels: Mapping[str, str], key: str, op: str, values: frozenset[str]) -> bool:
+    if op == "in":
+        return labels.get(key) in values
+    if op == "notin":
+        return labels.get(key) not in values
+    return (key in labels) == (op == "exists")
+
+
+def _selector(requirements: list[tuple[str, str, frozenset[str]]]) -> Selector:
+    return lambda labels: all(_requirement_holds(labels, *req) for req in requirements)
+
+
 def parse_label_selector(text: str) -> Selector:
-    """Compile a label selector string (equality, ``!=``, existence, ``in``/``notin``)."""
-    terms: list[Selector] = []
+    """Compile a label selector string (``=``/``==``/``!=``, ``key``, ``!key``, ``in``/``notin``)."""
+    requirements: list[tuple[str, str, frozenset[str]]] = []
     for part in _split_selector(text):
         if m := _SET_TERM.match(part):
-            key, op, values = m.group(1), m.group(2), {v.strip() for v in m.group(3).split(",") if v.strip()}
-            if op == "in":
-                terms.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-            else:
-                terms.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
+            values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
+            requirements.append((m.group(1), m.group(2), values))
         elif m := _NOT_EXISTS_TERM.match(part):
-            terms.append(lambda labels, k=m.group(1): k not in labels)
+            requirements.append((m.group(1), "!exists", frozenset()))
         elif m := _EQ_TERM.match(part):
-            key, op, value = m.groups()
-            if op == "!=":
-                terms.append(lambda labels, k=key, v=value: labels.get(k) != v)
-            else:
-                terms.append(lambda labels, k=key, v=value: labels.get(k) == v)
+            requirements.append((m.group(1), "notin" if m.group(2) == "!=" else "in", frozenset({m.group(3)})))
         elif m := _EXISTS_TERM.match(part):
-            terms.append(lambda labels, k=m.group(1): k in labels)
+            requirements.append((m.group(1), "exists", frozenset()))
         else:
             raise ApiError(400, f"unable to parse requirement: found '{part}', expected a valid selector")
-    return lambda labels: all(term(labels) for term in terms)
+    return _selector(requirements)
 
 
 def selector_from_spec(selector: Mapping[str, Any] | None) -> Selector:
-    """Compile a ``LabelSelector`` object (matchLabels + matchExpressions)."""
+    """Compile a ``LabelSelector`` object (matchLabels + matchExpressions); null selects nothing."""
     if selector is None:
         return lambda labels: False
-    terms: list[Selector] = [
-        lambda labels, k=k, v=v: labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items()
-    ]
+    requirements = [(k, "in", frozenset({v})) for k, v in (selector.get("matchLabels") or {}).items()]
+    operators = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!exists"}
     for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr["key"], expr["operator"], set(expr.get("values") or [])
-        if op == "In":
-            terms.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-        elif op == "NotIn":
-            terms.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
-        elif op == "Exists":
-            terms.append(lambda labels, k=key: k in labels)
-        else:
-            terms.append(lambda labels, k=key: k not in labels)
-    return lambda labels: all(term(labels) for term in terms)
+        requirements.append((expr["key"], operators[expr["operator"]], frozenset(expr.get("values") or [])))
+    return _selector(requirements)
 
 
 def _parse_field_selector(res: Resource, text: str) -> Callable[[Obj], bool]:
     allowed = _FIELD_LABELS.get(res.plural, frozenset()) | {"metadata.name", "metadata.namespace"}
-    terms: list[Callable[[Obj], bool]] = []
+    terms: list[tuple[str, bool, str]] = []  # (field, must equal, value)
     for part in _split_selector(text):
         m = re.match(r"^([A-Za-z.]+)\s*(==|=|!=)\s*(.*)$", part)
         if not m:
             raise ApiError(400, f"invalid selector: '{part}'; can't understand '{part}'")
         key, op, value = m.group(1), m.group(2), m.group(3).strip()
         if key not in allowed:
-            raise ApiError(400, f'field label not supported: {key}')
-        if op == "!=":
-            terms.append(lambda obj, k=key, v=value: _field_value(obj, k) != v)
-        else:
-            terms.append(lambda obj, k=key, v=value: _field_value(obj, k) == v)
-    return lambda obj: all(term(obj) for term in terms)
+            raise ApiError(400, f"field label not supported: {key}")
+        terms.append((key, op != "!=", value))
+    return lambda obj: all((_field_value(obj, key) == value) == equal for key, equal, value in terms)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +451,7 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
             continue
         current = result.get(key)
         merge_key = _list_merge_key(key, current, value)
-        if merge_key is not None:
+        if merge_key is not None and isinstance(current, list):
             result[key] = _merge_list(current, value, merge_key)
         else:
             result[key] = strategic_merge_patch(current, value)
@@ -709,9 +699,7 @@ class KubeStandIn:
     def api_client(self) -> k8s_client.ApiClient:
         return k8s_client.ApiClient(self.client_configuration())
 
-    def write_kubeconfig(
-        self, path: str | Path, *, namespace: str = "default", context: str = "stand-in"
-    ) -> Path:
+    def write_kubeconfig(self, path: str | Path, *, namespace: str = "default", context: str = "stand-in") -> Path:
         """Write a kubeconfig pointing at this server (bearer-token user) and return its path."""
         path = Path(path)
         config = {
@@ -782,9 +770,7 @@ class KubeStandIn:
                     "type": "Ready",
                     "status": "True" if ready else "Unknown",
                     "reason": "KubeletReady" if ready else "NodeStatusUnknown",
-                    "message": "kubelet is posting ready status"
-                    if ready
-                    else "Kubelet stopped posting node status.",
+                    "message": "kubelet is posting ready status" if ready else "Kubelet stopped posting node status.",
                     "lastHeartbeatTime": now,
                     "lastTransitionTime": now,
                 }
@@ -842,7 +828,7 @@ class KubeStandIn:
         over the known nodes.
         """
         with self._lock:
-            obj = self._workload_object(name, image, labels, annotations, init_image)
+            obj = self._workload_object(ns, name, image, labels, annotations, init_image)
             obj["spec"].update(
                 {
                     "replicas": replicas,
@@ -879,8 +865,7 @@ class KubeStandIn:
         with_pods: bool = False,
     ) -> Obj:
         with self._lock:
-            obj = self._workload_object(name, image, labels, annotations, init_image)
-            obj["metadata"]["namespace"] = ns
+            obj = self._workload_object(ns, name, image, labels, annotations, init_image)
             obj["spec"].update(
                 {
                     "replicas": replicas,
@@ -911,8 +896,7 @@ class KubeStandIn:
     ) -> Obj:
         """Seed a converged DaemonSet; ``desired`` defaults to the number of known nodes (min 1)."""
         with self._lock:
-            obj = self._workload_object(name, image, labels, annotations, init_image)
-            obj["metadata"]["namespace"] = ns
+            obj = self._workload_object(ns, name, image, labels, annotations, init_image)
             obj["spec"]["updateStrategy"] = {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0},
@@ -955,16 +939,18 @@ class KubeStandIn:
         (a Deployment's pod is owned by its current ReplicaSet, as in a real cluster).
         """
         with self._lock:
-            spec: Obj = {"containers": _containers(image, name.rsplit("-", 1)[0] if owner else name)}
-            if isinstance(image, str):
-                spec["containers"][0]["name"] = self._default_container_name(owner, name)
-            if init_image is not None:
-                spec["initContainers"] = _containers(init_image, "init")
             pod_labels: dict[str, str] = {}
             owners: list[Obj] = []
+            template_spec: Obj = {}
             if owner is not None:
-                pod_labels, owners = self._owner_context(ns, owner)
+                pod_labels, owners, template_spec = self._owner_context(ns, owner)
             pod_labels.update(labels or {})
+            # A single image goes into the owner's (first) container, else one named after the pod.
+            default_container = (template_spec.get("containers") or [{"name": name}])[0]["name"]
+            spec: Obj = {"containers": _containers(image, default_container)}
+            if init_image is not None:
+                init_name = (template_spec.get("initContainers") or [{"name": "init"}])[0]["name"]
+                spec["initContainers"] = _containers(init_image, init_name)
             if phase is None:
                 phase = "Pending" if (waiting_reason or init_waiting_reason) else "Running"
             pod = self._build_pod(
@@ -988,9 +974,7 @@ class KubeStandIn:
                 self._logs[(ns, name, spec["containers"][0]["name"])] = log
             return copy.deepcopy(stored)
 
-    def add_cronjob(
-        self, ns: str, name: str, image: str, schedule: str = "0 * * * *", *, suspend: bool = False
-    ) -> Obj:
+    def add_cronjob(self, ns: str, name: str, image: str, schedule: str = "0 * * * *", *, suspend: bool = False) -> Obj:
         with self._lock:
             template = {
                 "metadata": {},
@@ -1079,9 +1063,7 @@ class KubeStandIn:
             self._set_pdb_status(stored, disruptions_allowed)
             return copy.deepcopy(stored)
 
-    def add_lease(
-        self, ns: str, name: str, holder: str | None = None, duration_seconds: int = 15
-    ) -> Obj:
+    def add_lease(self, ns: str, name: str, holder: str | None = None, duration_seconds: int = 15) -> Obj:
         with self._lock:
             spec: Obj = {"leaseDurationSeconds": duration_seconds}
             if holder is not None:
@@ -1123,9 +1105,7 @@ class KubeStandIn:
         if exit_code is None:
             exit_code = 0 if phase == "Succeeded" else 1
         with self._lock:
-            self._programs.insert(
-                0, _PodProgram(re.compile(name_regex), phase, exit_code, log, seconds, times)
-            )
+            self._programs.insert(0, _PodProgram(re.compile(name_regex), phase, exit_code, log, seconds, times))
 
     def set_pdb(self, ns: str, name: str, disruptions_allowed: int) -> None:
         with self._lock:
@@ -1195,7 +1175,7 @@ class KubeStandIn:
         res = resource_for(kind)
         with self._lock:
             self._tick()
-            obj = self._store[res.name].get((ns or "" if res.namespaced else "", name))
+            obj = self._store[res.name].get(((ns or "") if res.namespaced else "", name))
             return copy.deepcopy(obj) if obj is not None else None
 
     def objects(self, kind: str, ns: str | None = None) -> list[Obj]:
@@ -1216,9 +1196,7 @@ class KubeStandIn:
 
     def rbac_requests(self) -> list[tuple[str, str, str, str, str]]:
         """``(apiGroup, resource, subresource, verb, namespace)`` of every resource request."""
-        return [
-            (r.api_group, r.resource, r.subresource, r.verb, r.namespace) for r in self.requests if r.resource
-        ]
+        return [(r.api_group, r.resource, r.subresource, r.verb, r.namespace) for r in self.requests if r.resource]
 
     def requests_not_allowed_by(self, rules: Iterable[Mapping[str, Any]]) -> list[KubeRequest]:
         """Requests no RBAC ``PolicyRule`` (dicts with apiGroups/resources/verbs/resourceNames or
@@ -1339,7 +1317,7 @@ class KubeStandIn:
 
     @staticmethod
     def _non_resource(path: str) -> tuple[int, Obj | str]:
-        if path == "/version":
+        if path.rstrip("/") == "/version":
             return 200, {
                 "major": "1",
                 "minor": "33",
@@ -1366,13 +1344,10 @@ class KubeStandIn:
         if verb == "list":
             return 200, self._list(res, ns, query)
         if verb == "get":
-            obj = self._lookup(res, ns, name)
-            if res is NAMESPACES and obj is None:
-                raise _not_found(res, name)
-            return 200, obj
+            return 200, self._lookup(res, ns, name)
         if verb == "create":
             if name:
-                raise ApiError(405, f"the server does not allow this method on the requested resource")
+                raise ApiError(405, "the server does not allow this method on the requested resource")
             return 201, self._create(res, ns, body)
         if verb == "update":
             return 200, self._replace(res, ns, name, body)
@@ -1564,13 +1539,9 @@ class KubeStandIn:
             self._sync_cordon_taint(new)
         return new
 
-    def _delete_response(
-        self, res: Resource, ns: str, name: str, query: Mapping[str, str], body: Any
-    ) -> Obj:
+    def _delete_response(self, res: Resource, ns: str, name: str, query: Mapping[str, str], body: Any) -> Obj:
         policy = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
-        if policy is None and (
-            query.get("orphanDependents") == "true" or (body or {}).get("orphanDependents") is True
-        ):
+        if policy is None and (query.get("orphanDependents") == "true" or (body or {}).get("orphanDependents") is True):
             policy = "Orphan"
         # batch/v1 Jobs still default to orphaning their pods, as in the real API.
         cascade = policy != "Orphan" if policy else res is not JOBS
@@ -1605,11 +1576,15 @@ class KubeStandIn:
                     for obj_ns, obj_name in [k for k in self._store[other.name] if k[0] == name]:
                         self._delete(other, obj_ns, obj_name, cascade=False)
         elif cascade:
-            for other in RESOURCES:
-                for (obj_ns, obj_name), dependent in list(self._store[other.name].items()):
-                    refs = dependent["metadata"].get("ownerReferences") or []
-                    if any(ref.get("uid") == uid for ref in refs):
-                        self._delete(other, obj_ns, obj_name, cascade=True)
+            dependents = [
+                (other, key)
+                for other in RESOURCES
+                for key, dependent in self._store[other.name].items()
+                if any(ref.get("uid") == uid for ref in dependent["metadata"].get("ownerReferences") or [])
+            ]
+            for other, (obj_ns, obj_name) in dependents:
+                if (obj_ns, obj_name) in self._store[other.name]:
+                    self._delete(other, obj_ns, obj_name, cascade=True)
         return obj
 
     # -- watch ---------------------------------------------------------------------------------
@@ -1685,10 +1660,10 @@ class KubeStandIn:
                 self._set_status(res, obj, self._workload_status(res, obj, "deadline"))
             elif elapsed >= self.rollout_seconds / 2:
                 self._set_status(res, obj, self._workload_status(res, obj, "progressing"))
-        for key, (due, program) in list(self._pod_timers.items()):
+        for pod_key, (due, program) in list(self._pod_timers.items()):
             if now >= due:
-                del self._pod_timers[key]
-                pod = self._store[PODS.name].get(key)
+                del self._pod_timers[pod_key]
+                pod = self._store[PODS.name].get(pod_key)
                 if pod is not None:
                     self._finish_pod(pod, program)
         if self._pdb_restores:
@@ -1710,6 +1685,7 @@ class KubeStandIn:
 
     def _workload_object(
         self,
+        ns: str,
         name: str,
         image: str | Mapping[str, str],
         labels: Mapping[str, str] | None,
@@ -1726,7 +1702,7 @@ class KubeStandIn:
         }
         if init_image is not None:
             pod_spec["initContainers"] = _containers(init_image, "init")
-        meta: Obj = {"name": name, "labels": dict(labels) if labels else dict(selector)}
+        meta: Obj = {"name": name, "namespace": ns, "labels": dict(labels) if labels else dict(selector)}
         if annotations:
             meta["annotations"] = dict(annotations)
         return {
@@ -1747,12 +1723,22 @@ class KubeStandIn:
         if res is DEPLOYMENTS:
             self._sync_replicasets(obj)
         self._set_status(res, obj, self._workload_status(res, obj, "done"))
+        # Replace the workload's pods (if the test seeded any) by healthy pods of the new template.
         old_pods = self._workload_pods(res, obj)
+        if not old_pods:
+            return
+        old_nodes = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in old_pods}
         for pod in old_pods:
             self._delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], cascade=True)
-        for pod in old_pods:
-            name = pod["metadata"]["name"] if res is STATEFULSETS else None
-            self._workload_pod(res, obj, pod["spec"].get("nodeName"), name)
+        nodes = list(dict.fromkeys(old_nodes.values()))
+        if res is DAEMONSETS:
+            for node in nodes:
+                self._workload_pod(res, obj, node)
+            return
+        for index in range(obj["spec"].get("replicas", 1)):
+            name = f"{obj['metadata']['name']}-{index}" if res is STATEFULSETS else None
+            node = old_nodes.get(name or "", nodes[index % len(nodes)])
+            self._workload_pod(res, obj, node, name)
 
     def _degrade(self, deploy: Obj, ready: int) -> None:
         status = deploy["status"]
@@ -1763,7 +1749,11 @@ class KubeStandIn:
                 del status[key]
         if ready < replicas:
             status["conditions"][0].update(
-                {"status": "False", "reason": "MinimumReplicasUnavailable", "message": "Deployment does not have minimum availability."}
+                {
+                    "status": "False",
+                    "reason": "MinimumReplicasUnavailable",
+                    "message": "Deployment does not have minimum availability.",
+                }
             )
 
     def _workload_status(self, res: Resource, obj: Obj, phase: str) -> Obj:
@@ -1781,7 +1771,11 @@ class KubeStandIn:
             elif phase == "progressing":
                 progressing = ("True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.')
             else:
-                progressing = ("False", "ProgressDeadlineExceeded", f'ReplicaSet "{rs_name}" has timed out progressing.')
+                progressing = (
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    f'ReplicaSet "{rs_name}" has timed out progressing.',
+                )
             conditions = old.get("conditions") or []
             status = {
                 "observedGeneration": generation,
@@ -1791,7 +1785,13 @@ class KubeStandIn:
                 "availableReplicas": replicas,
                 "unavailableReplicas": surge,
                 "conditions": [
-                    _condition(conditions, "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability."),
+                    _condition(
+                        conditions,
+                        "Available",
+                        "True",
+                        "MinimumReplicasAvailable",
+                        "Deployment has minimum availability.",
+                    ),
                     _condition(conditions, "Progressing", *progressing),
                 ],
             }
@@ -1828,75 +1828,73 @@ class KubeStandIn:
             status["numberUnavailable"] = behind
         return status
 
-    def _sync_replicasets(self, deploy: Obj) -> Obj:
-        """Make the ReplicaSet of the current template own all replicas, like the controller."""
+    def _ensure_replicaset(self, deploy: Obj) -> Obj:
+        """The ReplicaSet of the Deployment's current template, created (scaled to 0) if missing."""
         meta, spec = deploy["metadata"], deploy["spec"]
-        ns, template = meta["namespace"], spec["template"]
-        pod_hash = _digest(template)
-        owned = [rs for rs in self._store[REPLICASETS.name].values() if _controller_uid(rs) == meta["uid"]]
-        current = next((rs for rs in owned if rs["metadata"]["name"] == f"{meta['name']}-{pod_hash}"), None)
-        revisions = [int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]) for rs in owned]
-        if current is None:
-            rs_template = copy.deepcopy(template)
-            rs_template["metadata"].setdefault("labels", {})["pod-template-hash"] = pod_hash
-            selector = copy.deepcopy(spec["selector"])
-            selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
-            current = self._insert(
-                REPLICASETS,
-                {
-                    "metadata": {
-                        "name": f"{meta['name']}-{pod_hash}",
-                        "namespace": ns,
-                        "labels": dict(rs_template["metadata"]["labels"]),
-                        "annotations": {"deployment.kubernetes.io/revision": str(max(revisions, default=0) + 1)},
-                        "ownerReferences": [_owner_ref(deploy)],
-                    },
-                    "spec": {"replicas": 0, "selector": selector, "template": rs_template},
-                    "status": {"replicas": 0},
-                },
-            )
-        replicas = spec.get("replicas", 1)
-        for rs in [*owned, current]:
+        pod_hash = _digest(spec["template"])
+        existing = self._store[REPLICASETS.name].get((meta["namespace"], f"{meta['name']}-{pod_hash}"))
+        if existing is not None:
+            return existing
+        revisions = [
+            int(rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"])
+            for rs in self._owned_replicasets(deploy)
+        ]
+        template = copy.deepcopy(spec["template"])
+        template["metadata"].setdefault("labels", {})["pod-template-hash"] = pod_hash
+        selector = copy.deepcopy(spec["selector"])
+        selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
+        rs = {
+            "metadata": {
+                "name": f"{meta['name']}-{pod_hash}",
+                "namespace": meta["namespace"],
+                "labels": dict(template["metadata"]["labels"]),
+                "annotations": {"deployment.kubernetes.io/revision": str(max(revisions, default=0) + 1)},
+                "ownerReferences": [_owner_ref(deploy)],
+            },
+            "spec": {"replicas": 0, "selector": selector, "template": template},
+            "status": {"replicas": 0},
+        }
+        return self._insert(REPLICASETS, rs)
+
+    def _owned_replicasets(self, deploy: Obj) -> list[Obj]:
+        uid = deploy["metadata"]["uid"]
+        return [rs for _, rs in sorted(self._store[REPLICASETS.name].items()) if _controller_uid(rs) == uid]
+
+    def _sync_replicasets(self, deploy: Obj) -> None:
+        """Give all replicas to the current template's ReplicaSet, as a finished rollout does."""
+        current = self._ensure_replicaset(deploy)
+        replicas = deploy["spec"].get("replicas", 1)
+        for rs in self._owned_replicasets(deploy):
             want = replicas if rs is current else 0
-            rs["spec"]["replicas"] = want
             status: Obj = {"replicas": want, "observedGeneration": rs["metadata"]["generation"]}
             if want:
                 status.update({"fullyLabeledReplicas": want, "readyReplicas": want, "availableReplicas": want})
-            rs["status"] = status
-            self._save(REPLICASETS, rs)
+            if rs["spec"]["replicas"] != want or rs["status"] != status:
+                rs["spec"]["replicas"] = want
+                rs["status"] = status
+                self._save(REPLICASETS, rs)
         revision = current["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
-        meta.setdefault("annotations", {})["deployment.kubernetes.io/revision"] = revision
-        return current
+        deploy["metadata"].setdefault("annotations", {})["deployment.kubernetes.io/revision"] = revision
 
     def _workload_pods(self, res: Resource, obj: Obj) -> list[Obj]:
         owner_uids = {obj["metadata"]["uid"]}
         if res is DEPLOYMENTS:
-            owner_uids = {
-                rs["metadata"]["uid"]
-                for rs in self._store[REPLICASETS.name].values()
-                if _controller_uid(rs) == obj["metadata"]["uid"]
-            }
-        return [
-            pod
-            for _, pod in sorted(self._store[PODS.name].items())
-            if _controller_uid(pod) in owner_uids
-        ]
+            owner_uids = {rs["metadata"]["uid"] for rs in self._owned_replicasets(obj)}
+        return [pod for _, pod in sorted(self._store[PODS.name].items()) if _controller_uid(pod) in owner_uids]
 
     def _schedulable_nodes(self) -> list[str]:
         return [
-            name
-            for (_, name), node in sorted(self._store[NODES.name].items())
-            if not node["spec"].get("unschedulable")
+            name for (_, name), node in sorted(self._store[NODES.name].items()) if not node["spec"].get("unschedulable")
         ] or [name for (_, name) in sorted(self._store[NODES.name])]
 
     def _spawn_workload_pods(self, res: Resource, obj: Obj) -> None:
-        nodes = self._schedulable_nodes()
+        nodes: list[str | None] = [*self._schedulable_nodes()] or [None]
         if res is DAEMONSETS:
-            for node in nodes or [None]:
+            for node in nodes:
                 self._workload_pod(res, obj, node)
             return
         for index in range(obj["spec"].get("replicas", 1)):
-            node = nodes[index % len(nodes)] if nodes else None
+            node = nodes[index % len(nodes)]
             name = f"{obj['metadata']['name']}-{index}" if res is STATEFULSETS else None
             self._workload_pod(res, obj, node, name)
 
@@ -1905,7 +1903,7 @@ class KubeStandIn:
         template = obj["spec"]["template"]
         labels = dict(template["metadata"].get("labels") or {})
         if res is DEPLOYMENTS:
-            owner = self._sync_replicasets(obj) if False else self._current_replicaset(obj)
+            owner = self._ensure_replicaset(obj)
             labels["pod-template-hash"] = owner["metadata"]["labels"]["pod-template-hash"]
             name = name or f"{owner['metadata']['name']}-{self._suffix()}"
         else:
@@ -1923,12 +1921,8 @@ class KubeStandIn:
         )
         return self._insert(PODS, pod)
 
-    def _current_replicaset(self, deploy: Obj) -> Obj:
-        name = f"{deploy['metadata']['name']}-{_digest(deploy['spec']['template'])}"
-        rs = self._store[REPLICASETS.name].get((deploy["metadata"]["namespace"], name))
-        return rs if rs is not None else self._sync_replicasets(deploy)
-
-    def _owner_context(self, ns: str, owner: tuple[str, str]) -> tuple[dict[str, str], list[Obj]]:
+    def _owner_context(self, ns: str, owner: tuple[str, str]) -> tuple[dict[str, str], list[Obj], Obj]:
+        """Labels, ownerReferences and template pod spec for a pod of ``(kind, name)``."""
         kind, name = owner
         res = resource_for(kind)
         target = self._store[res.name].get((ns if res.namespaced else "", name))
@@ -1937,16 +1931,12 @@ class KubeStandIn:
         template = target.get("spec", {}).get("template", {})
         labels = dict(template.get("metadata", {}).get("labels") or {})
         if res is DEPLOYMENTS:
-            rs = self._current_replicaset(target)
+            rs = self._ensure_replicaset(target)
             labels["pod-template-hash"] = rs["metadata"]["labels"]["pod-template-hash"]
-            return labels, [_owner_ref(rs)]
+            return labels, [_owner_ref(rs)], template["spec"]
         if res in (STATEFULSETS, DAEMONSETS):
             labels["controller-revision-hash"] = f"{name}-{_digest(template)}"
-        return labels, [_owner_ref(target)]
-
-    @staticmethod
-    def _default_container_name(owner: tuple[str, str] | None, pod_name: str) -> str:
-        return owner[1] if owner is not None and owner[0].lower() != "node" else pod_name
+        return labels, [_owner_ref(target)], template.get("spec") or {}
 
     # -- pods ----------------------------------------------------------------------------------
 
@@ -1974,7 +1964,11 @@ class KubeStandIn:
             meta["ownerReferences"] = owners
         pod = {"metadata": meta, "spec": spec}
         pod["status"] = self._pod_status(
-            pod, phase, waiting_reason=waiting_reason, init_waiting_reason=init_waiting_reason, restart_count=restart_count
+            pod,
+            phase,
+            waiting_reason=waiting_reason,
+            init_waiting_reason=init_waiting_reason,
+            restart_count=restart_count,
         )
         return pod
 
@@ -1990,6 +1984,7 @@ class KubeStandIn:
     ) -> Obj:
         now = _now()
         spec = pod["spec"]
+        previous = pod.get("status") or {}
         self._counter += 1
         node = spec.get("nodeName")
         status: Obj = {"phase": phase, "qosClass": "BestEffort"}
@@ -2001,8 +1996,8 @@ class KubeStandIn:
         status.update(
             {
                 "hostIP": f"192.168.0.{2 + sum(node.encode()) % 250}",
-                "podIP": f"10.244.{self._counter // 250 % 250}.{self._counter % 250 + 2}",
-                "startTime": now,
+                "podIP": previous.get("podIP") or f"10.244.{self._counter // 250 % 250}.{self._counter % 250 + 2}",
+                "startTime": previous.get("startTime") or now,
             }
         )
         running = phase == "Running" and not waiting_reason and not init_waiting_reason
@@ -2015,19 +2010,25 @@ class KubeStandIn:
                 "image": image,
                 "imageID": "",
                 "ready": False,
-                "restartCount": restart_count if not init else 0,
+                "restartCount": 0 if init else restart_count,
                 "started": False,
             }
+            if waiting is None and not init and phase == "Pending":
+                waiting = "ContainerCreating"
             if waiting is not None:
-                entry["state"] = {"waiting": {"reason": waiting, "message": _waiting_message(waiting, image)}}
-                if waiting == "CrashLoopBackOff":
-                    entry["imageID"] = _image_id(image)
-                    entry["lastState"] = {
-                        "terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}
-                    }
-                return entry
+                entry["state"] = {"waiting": {"reason": waiting}}
+                if message := _waiting_message(waiting, image):
+                    entry["state"]["waiting"]["message"] = message
+                if waiting != "CrashLoopBackOff":
+                    return entry
+                entry["lastState"] = {
+                    "terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}
+                }
+            container_key = f"{pod['metadata']['name']}/{container['name']}"
             entry["imageID"] = _image_id(image)
-            entry["containerID"] = f"containerd://{hashlib.sha256(f'{pod['metadata']['name']}/{container['name']}'.encode()).hexdigest()}"
+            entry["containerID"] = f"containerd://{hashlib.sha256(container_key.encode()).hexdigest()}"
+            if waiting is not None:
+                return entry
             if init or phase in ("Succeeded", "Failed"):
                 code = 0 if init else exit_code
                 entry["state"] = {
@@ -2038,17 +2039,19 @@ class KubeStandIn:
                         "finishedAt": now,
                     }
                 }
-            elif phase == "Running":
-                entry.update({"ready": running, "started": True, "state": {"running": {"startedAt": now}}})
             else:
-                entry["state"] = {"waiting": {"reason": "PodInitializing" if not initialized else "ContainerCreating"}}
+                entry.update({"ready": running, "started": True, "state": {"running": {"startedAt": now}}})
             return entry
 
-        if spec.get("initContainers"):
+        init_containers = spec.get("initContainers") or []
+        if init_containers:
+            # The first init container carries the failure; the ones after it have not started.
+            init_waiting: list[str | None] = [init_waiting_reason] + (
+                [None if init_waiting_reason is None else "PodInitializing"] * (len(init_containers) - 1)
+            )
             status["initContainerStatuses"] = [
-                container_status(c, init_waiting_reason if i == 0 else None, init=True) if init_waiting_reason is None or i == 0
-                else container_status(c, "PodInitializing", init=True)
-                for i, c in enumerate(spec["initContainers"])
+                container_status(c, waiting, init=True)
+                for c, waiting in zip(init_containers, init_waiting, strict=True)
             ]
         status["containerStatuses"] = [
             container_status(c, waiting_reason if initialized else "PodInitializing", init=False)
@@ -2119,7 +2122,7 @@ class KubeStandIn:
         log = self._logs.get((ns, name, container))
         if log is None:
             statuses = pod["status"].get("containerStatuses", []) + pod["status"].get("initContainerStatuses", [])
-            state = next((s.get("state", {}) for s in statuses if s["name"] == container), {})
+            state: Obj = next((s.get("state", {}) for s in statuses if s["name"] == container), {})
             if "waiting" in state:
                 reason = state["waiting"].get("reason", "")
                 raise ApiError(
@@ -2196,7 +2199,6 @@ class KubeStandIn:
 
     def _start_job(self, job: Obj) -> None:
         pod = self._job_pod(job, None)
-        pod["metadata"]["creationTimestamp"] = self._api_created()
         self._fill_metadata(PODS, pod, self._api_created())
         self._prepare_created_pod(pod)
         self._save(PODS, pod, "ADDED")
@@ -2216,8 +2218,12 @@ class KubeStandIn:
                     "succeeded": 1,
                     "completionTime": now,
                     "conditions": [
-                        _job_condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods", now),
-                        _job_condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods", now),
+                        _job_condition(
+                            "SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods", now
+                        ),
+                        _job_condition(
+                            "Complete", "CompletionsReached", "Reached expected number of succeeded pods", now
+                        ),
                     ],
                 }
             )
@@ -2226,8 +2232,12 @@ class KubeStandIn:
                 {
                     "failed": 1,
                     "conditions": [
-                        _job_condition("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit", now),
-                        _job_condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit", now),
+                        _job_condition(
+                            "FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit", now
+                        ),
+                        _job_condition(
+                            "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit", now
+                        ),
                     ],
                 }
             )
@@ -2252,7 +2262,7 @@ class KubeStandIn:
         pod = self._lookup(PODS, ns, name)
         body_name = ((body or {}).get("metadata") or {}).get("name")
         if body_name and body_name != name:
-            raise ApiError(400, f"name in URL does not match name in Eviction object")
+            raise ApiError(400, "name in URL does not match name in Eviction object")
         # Pending and terminated pods can always be evicted, whatever their budget says.
         if pod["status"].get("phase") not in ("Pending", "Succeeded", "Failed"):
             labels = pod["metadata"].get("labels") or {}
@@ -2263,7 +2273,8 @@ class KubeStandIn:
             ]
             if len(pdbs) > 1:
                 raise ApiError(
-                    500, "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
+                    500,
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
                 )
             if pdbs:
                 pdb = pdbs[0]
@@ -2285,16 +2296,18 @@ class KubeStandIn:
                     )
                 status.setdefault("disruptedPods", {})[name] = _now()
                 self._set_pdb_status(pdb, status["disruptionsAllowed"] - 1)
-                self._pdb_restores.append(
-                    (time.monotonic() + self.rollout_seconds, ns, pdb["metadata"]["name"], name)
-                )
+                self._pdb_restores.append((time.monotonic() + self.rollout_seconds, ns, pdb["metadata"]["name"], name))
         self._delete(PODS, ns, name, cascade=True)
         return 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 
     def _set_pdb_status(self, pdb: Obj, allowed: int) -> None:
         ns = pdb["metadata"]["namespace"]
         select = selector_from_spec(pdb["spec"].get("selector"))
-        pods = [p for (p_ns, _), p in self._store[PODS.name].items() if p_ns == ns and select(p["metadata"].get("labels") or {})]
+        pods = [
+            p
+            for (p_ns, _), p in self._store[PODS.name].items()
+            if p_ns == ns and select(p["metadata"].get("labels") or {})
+        ]
         healthy = sum(1 for p in pods if p["status"].get("phase") == "Running")
         now = _now()
         status: Obj = {
@@ -2383,8 +2396,7 @@ def _rule_allows(rule: Mapping[str, Any], request: KubeRequest) -> bool:
     wanted = f"{request.resource}/{request.subresource}" if request.subresource else request.resource
     resources = rule.get("resources") or []
     if not any(
-        r in ("*", wanted)
-        or (request.subresource and r in (f"*/{request.subresource}", f"{request.resource}/*"))
+        r in ("*", wanted) or (request.subresource and r in (f"*/{request.subresource}", f"{request.resource}/*"))
         for r in resources
     ):
         return False

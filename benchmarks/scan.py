@@ -1,0 +1,164 @@
+"""Scan speed: `registry-bot scan` beside the runbook's way and a ceiling, on one real registry.
+
+Builds a docker-registry on loopback with REPOS repositories sharing base layers (multi-arch indexes and
+single manifests), then prints, in one run:
+  - registry-bot scan: the real command, a new process, start-up included;
+  - the runbook's way: one curl process per request, one after another, over the same full walk
+    (manifests, index children, every config and layer blob, as a shell loop would);
+  - the ceiling: a minimal script making the fewest requests (each blob once per repository), async over
+    one connection pool, also a new process with its start-up.
+
+Usage: python benchmarks/scan.py [--repos 320] [--curl-sample 60]
+The curl way is timed on a sample of repositories and scaled to all of them (it takes minutes otherwise);
+--curl-sample 0 times it on every repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.peers.registry import ImagePusher, Registry
+
+ACCEPT = (
+    "application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json,"
+    "application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.docker.distribution.manifest.v2+json"
+)
+
+# The ceiling is written on aiohttp: on this machine httpx's async pool spends ~2 ms of CPU a request,
+# aiohttp ~0.25 ms, and a ceiling must be the fastest plain client, not the one the bot happens to use.
+CEILING = r"""
+import asyncio, sys, aiohttp
+BASE, ACCEPT = sys.argv[1], sys.argv[2]
+async def main():
+    async with aiohttp.ClientSession(BASE, connector=aiohttp.TCPConnector(limit=32), auto_decompress=False) as c:
+        async def get(path, **kw):
+            async with c.get(path, **kw) as r:
+                return await r.json(content_type=None)
+        async def head(path):
+            async with c.head(path) as r:
+                return r.status
+        repos = (await get("/v2/_catalog", params={"n": "1000"}))["repositories"]
+        async def repo(name):
+            tags = (await get(f"/v2/{name}/tags/list"))["tags"]
+            blobs = set()
+            async def manifest(ref):
+                doc = await get(f"/v2/{name}/manifests/{ref}", headers={"Accept": ACCEPT})
+                if "manifests" in doc:
+                    await asyncio.gather(*(manifest(m["digest"]) for m in doc["manifests"]))
+                else:
+                    blobs.update(d["digest"] for d in [doc["config"], *doc["layers"]])
+            await asyncio.gather(*(manifest(t) for t in tags))
+            await asyncio.gather(*(head(f"/v2/{name}/blobs/{b}") for b in blobs))
+        await asyncio.gather(*(repo(n) for n in repos))
+asyncio.run(main())
+"""
+
+
+def build(registry: Registry, repos: int) -> None:
+    base = (b"debian bookworm base layer " * 4096, b"python 3.11 runtime layer " * 2048)
+    pusher_pool = [ImagePusher(registry.url) for _ in range(8)]
+
+    def push(i: int) -> None:
+        pusher = pusher_pool[i % len(pusher_pool)]
+        name = f"viktor/service-{i:03d}"
+        if i % 4 == 3:
+            pusher.push_single(name, "v1", base_layers=base, layers=1)
+        else:
+            pusher.push_image(name, "latest", base_layers=base, layers=1)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(push, range(repos)))
+    for pusher in pusher_pool:
+        pusher.close()
+
+
+def curl(*args: str) -> bytes:
+    return subprocess.run(["curl", "-s", *args], capture_output=True, check=True).stdout
+
+
+def curl_walk(base: str, names: list[str]) -> int:
+    """The runbook's way: a shell loop of curl processes, one request each, no reuse of anything."""
+    requests = 0
+    for name in names:
+        tags = json.loads(curl(f"{base}/v2/{name}/tags/list"))["tags"]
+        requests += 1
+        for tag in tags:
+            pending = [tag]
+            while pending:
+                ref = pending.pop()
+                doc = json.loads(curl("-H", f"Accept: {ACCEPT}", f"{base}/v2/{name}/manifests/{ref}"))
+                requests += 1
+                if "manifests" in doc:
+                    pending += [m["digest"] for m in doc["manifests"]]
+                    continue
+                for descriptor in [doc["config"], *doc["layers"]]:
+                    curl(
+                        "-I", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/v2/{name}/blobs/{descriptor['digest']}"
+                    )
+                    requests += 1
+    return requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repos", type=int, default=320)
+    parser.add_argument("--curl-sample", type=int, default=60)
+    args = parser.parse_args()
+    python = str(Path(sys.prefix) / "bin" / "python")
+    with Registry() as registry:
+        started = time.perf_counter()
+        build(registry, args.repos)
+        print(f"built {args.repos} repositories in {time.perf_counter() - started:.1f} s")
+        env = {**os.environ, "REGISTRY_URL": registry.url, "REGISTRY_KIND": "distribution"}
+
+        subprocess.run([python, "-m", "bot", "scan"], env=env, capture_output=True)  # warm the page cache
+        started = time.perf_counter()
+        scan = subprocess.run([python, "-m", "bot", "scan", "--json"], env=env, capture_output=True, text=True)
+        bot_seconds = time.perf_counter() - started
+        summary = json.loads(scan.stdout)["summary"]
+        assert summary["tags"] == args.repos and summary["broken"] == 0, summary
+
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
+            script.write(CEILING)
+        ceiling_runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            subprocess.run([python, script.name, registry.url, ACCEPT], check=True)
+            ceiling_runs.append(time.perf_counter() - started)
+        ceiling_seconds = min(ceiling_runs)
+        os.unlink(script.name)
+
+        bot_runs = [bot_seconds]
+        for _ in range(2):
+            started = time.perf_counter()
+            subprocess.run([python, "-m", "bot", "scan", "--json"], env=env, capture_output=True)
+            bot_runs.append(time.perf_counter() - started)
+        bot_seconds = min(bot_runs)
+
+        catalog = json.loads(curl(f"{registry.url}/v2/_catalog?n=1000"))["repositories"]
+        sample = catalog if args.curl_sample <= 0 else catalog[: args.curl_sample]
+        started = time.perf_counter()
+        requests = curl_walk(registry.url, sample)
+        curl_seconds = (time.perf_counter() - started) * len(catalog) / len(sample)
+        scaled = "" if len(sample) == len(catalog) else f", timed on {len(sample)} repos and scaled"
+
+    print(f"registry: {args.repos} repositories, {summary['tags']} tags, {summary['objects_checked']} objects")
+    print(f"registry-bot scan        {bot_seconds:7.2f} s  (best of {len(bot_runs)}, start-up included)")
+    print(f"runbook curl loop        {curl_seconds:7.2f} s  ({requests} curl processes{scaled})")
+    print(f"ceiling (fewest, async)  {ceiling_seconds:7.2f} s  (best of {len(ceiling_runs)}, start-up included)")
+    print(f"speed-up over curl: {curl_seconds / bot_seconds:.1f}x (target >= 4x)")
+    print(f"ratio to ceiling:   {bot_seconds / ceiling_seconds:.2f}x (target <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()
