@@ -92,6 +92,65 @@ class Settings:
     vault_registry_field: str = _setting("forgejo_pull_token", "Field of the registry pull token.")
     vault_timeout: float = _setting(5.0, "Seconds before a Vault request times out.")
 
+    # --- Slack and the web server ----------------------------------------------------------------------
+    slack_bot_token: Secret = _setting(Secret(""), "Bot token (xoxb-...).", secret=True, vault="viktor#slack_bot_token")
+    slack_signing_secret: Secret = _setting(Secret(""), "Signing secret that verifies Slack's requests.", secret=True)
+    slack_app_token: Secret = _setting(Secret(""), "App-level token (xapp-...): turns Socket Mode on.", secret=True)
+    slack_api_url: str = _setting("https://slack.com/api/", "Slack Web API base URL.")
+    slack_channel: str = _setting("", "Channel ID incidents are posted to.")
+    slack_retry_for: float = _setting(900.0, "Seconds a Slack message is retried while Slack fails.")
+    alertmanager_token: Secret = _setting(Secret(""), "Bearer token Alertmanager's webhook must present.", secret=True)
+    bot_host: str = _setting("0.0.0.0", "Address the HTTP server binds.")
+    bot_port: int = _setting(3000, "Port of /slack/events, /alertmanager, /healthz, /readyz, /metrics.")
+    log_format: str = _setting("auto", "json, text, or auto (json in a cluster, text in a terminal).")
+    # --- state, approvals ----------------------------------------------------------------------------
+    database_url: str = _setting("sqlite:///registry-bot.db", "SQLAlchemy URL (postgresql+psycopg://... for replicas).")
+    approvers: tuple[str, ...] = _setting((), "Slack user IDs allowed to approve rebuilds, restarts and node actions.")
+    approver_group: str = _setting("", "Slack user group handle (or ID) whose members may approve.")
+    two_person_rule: bool = _setting(False, "A second, different approver must approve each destructive phase.")
+    approval_ttl: float = _setting(1800.0, "Seconds before an approval request expires.")
+    heartbeat_interval: float = _setting(
+        10.0, "Seconds between a running phase's heartbeats; 3 missed ones mark it interrupted."
+    )
+    # --- Kubernetes and the probe -----------------------------------------------------------------------
+    kube_enabled: str = _setting("auto", "auto (in-cluster or KUBECONFIG), true or false.")
+    kube_namespaces: tuple[str, ...] = _setting((), "Namespaces whose workloads may be restarted (default: all).")
+    probe_namespace: str = _setting("monitoring", "Namespace of the integrity probe CronJob.")
+    probe_job: str = _setting("forgejo-integrity-probe", "Name (prefix) of the probe's Jobs.")
+    # --- phases 2 and 3 -----------------------------------------------------------------------------------
+    forgejo_cleanup_token: Secret = _setting(
+        Secret(""),
+        "Forgejo token with write:package (deletes versions).",
+        secret=True,
+        vault="viktor#forgejo_cleanup_token",
+    )
+    ci_backend: str = _setting("woodpecker", "woodpecker or github: where images are rebuilt by default.")
+    woodpecker_url: str = _setting("", "Woodpecker server URL (https://ci.example.org).")
+    woodpecker_token: Secret = _setting(
+        Secret(""), "Woodpecker API token.", secret=True, vault="ci/global#woodpecker_api_token"
+    )
+    github_api_url: str = _setting("https://api.github.com", "GitHub API base URL.")
+    github_token: Secret = _setting(Secret(""), "GitHub token that may dispatch workflows.", secret=True)
+    ci_branch: str = _setting("master", "Branch rebuilt by default (per-image overrides in the YAML `images:`).")
+    ci_poll_interval: float = _setting(5.0, "Seconds between CI status polls.")
+    ci_timeout: float = _setting(3600.0, "Seconds before a rebuild pipeline is given up on.")
+    rollout_timeout: float = _setting(600.0, "Seconds a restarted workload may take to roll out.")
+    node_actions: bool = _setting(False, "Offer 'Drain <node> and restart containerd' (always two approvers).")
+    node_shell_image: str = _setting("alpine:3.20", "Image of the privileged pod that restarts containerd.")
+    eviction_timeout: float = _setting(300.0, "Seconds to keep retrying evictions a PodDisruptionBudget refuses.")
+    dry_run: bool = _setting(False, "Do every read, report every write, make none.")
+    # --- phase 4 and the bot's own probe ---------------------------------------------------------------
+    verify_delay: float = _setting(1800.0, "Seconds after a fix before verification runs.")
+    prometheus_url: str = _setting("", "Prometheus base URL for verification's metric check.")
+    scan_interval: float = _setting(900.0, "Seconds between the bot's own scans (0 turns them off).")
+    leader_election: str = _setting(
+        "auto", "auto (a Kubernetes Lease in a cluster, else the database), lease, database."
+    )
+    pod_name: str = _setting("", "This replica's name (the Downward API's metadata.name).")
+    pod_namespace: str = _setting("registry-bot", "This replica's namespace (the Lease lives here).")
+    # Per-image CI mapping, from the YAML file only: {"owner/name": {"ci", "repo", "branch", "workflow", "ref"}}.
+    images: dict[str, Any] = field(default_factory=dict, metadata={"doc": "YAML only: per-image CI mapping."})
+
     # --- derived --------------------------------------------------------------------------------------
     @property
     def registry_host(self) -> str:
@@ -182,6 +241,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, Any] = {}
     for f in setting_fields():
         type_name = str(f.type)
+        if f.name in _FILE_ONLY:
+            if file_values.get(f.name) is not None:
+                if not isinstance(file_values[f.name], dict):
+                    raise ConfigError(f"The config file's `{f.name}` must be a mapping.")
+                values[f.name] = dict(file_values[f.name])
+            continue
         env_name = f.name.upper()
         if env_name in env:
             values[f.name] = _coerce(f.name, type_name, env[env_name])
@@ -194,6 +259,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 # Structured sections only the YAML file can hold (per-image CI mappings and the like).
 EXTRA_FILE_KEYS: set[str] = set()
+_FILE_ONLY = {"images"}
 
 
 def _validate(settings: Settings) -> None:
@@ -210,6 +276,15 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"REGISTRY_KIND must be forgejo or distribution, not '{settings.registry_kind}'.")
     if settings.vault_auth not in {"", "token", "kubernetes", "approle"}:
         raise ConfigError(f"VAULT_AUTH must be token, kubernetes or approle, not '{settings.vault_auth}'.")
+    choices = {
+        "ci_backend": ("woodpecker", "github"),
+        "log_format": ("auto", "json", "text"),
+        "kube_enabled": ("auto", "true", "false"),
+        "leader_election": ("auto", "lease", "database"),
+    }
+    for name, allowed in choices.items():
+        if getattr(settings, name) not in allowed:
+            raise ConfigError(f"{name.upper()} must be one of {', '.join(allowed)}, not '{getattr(settings, name)}'.")
     for name in ("registry_timeout", "registry_retries", "registry_concurrency"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name.upper()} must be positive.")

@@ -130,3 +130,47 @@ def _clip(text: str, limit: int = 80) -> str:
     """Echo user input back without letting it flood a message or a log line."""
     printable = "".join(c if c.isprintable() else "?" for c in text)
     return printable if len(printable) <= limit else printable[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class ContainerImage:
+    """A pod spec's `image:` string, split the way the container runtime reads it."""
+
+    host: str
+    name: str
+    tag: str | None
+    digest: str | None
+
+
+def parse_container_image(image: str) -> ContainerImage | None:
+    """Split `host/name:tag@digest` as containerd does (docker.io and :latest implied). None if malformed."""
+    text = image.strip()
+    digest = None
+    if "@" in text:
+        text, digest = text.split("@", 1)
+    first, sep, rest = text.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        host, remainder = first.lower(), rest
+    else:
+        host, remainder = "docker.io", text
+    tag = None
+    colon = remainder.rfind(":")
+    if colon > remainder.rfind("/"):
+        remainder, tag = remainder[:colon], remainder[colon + 1 :]
+    if not remainder or not _NAME.match(remainder):
+        return None
+    if tag is None and digest is None:
+        tag = "latest"
+    return ContainerImage(host=host, name=remainder, tag=tag, digest=digest)
+
+
+def image_matches(
+    container_image: str, hosts: tuple[str, ...], name: str, tag: str, digests: frozenset[str] = frozenset()
+) -> bool:
+    """Whether a container runs `name:tag` of our registry: by tag, or pinned to one of the image's digests."""
+    parsed = parse_container_image(container_image)
+    if parsed is None or parsed.host not in {h.lower() for h in hosts} or parsed.name != name:
+        return False
+    if parsed.digest:
+        return parsed.digest in digests
+    return parsed.tag == tag

@@ -20,7 +20,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -76,8 +76,15 @@ def _basic(username: str, password: str) -> str:
 class RegistryClient:
     """Talks to one registry. Use as `async with RegistryClient(settings, password) as client:`."""
 
-    def __init__(self, settings: Settings, password: str = "") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        password: str = "",
+        observer: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        """`observer(method, status, seconds)` is told of every answer (the bot's metrics); 0 = no answer."""
         self.settings = settings
+        self._observer = observer
         self.base_url = settings.registry_url.rstrip("/")
         self.password = password
         self._username = settings.registry_username
@@ -174,6 +181,8 @@ class RegistryClient:
             auth = self._auth_header() if with_auth else None
             if auth:
                 all_headers["Authorization"] = auth
+            started = time.perf_counter()
+            status = 0
             try:
                 async with (
                     self._semaphore,
@@ -182,6 +191,7 @@ class RegistryClient:
                     ) as answer,
                 ):
                     self.requests_made += 1
+                    status = answer.status
                     content = b"" if method == "HEAD" else await answer.read()
                     next_page = answer.links.get("next")
                     response = RegistryResponse(
@@ -192,10 +202,13 @@ class RegistryClient:
                         str(next_page["url"]) if next_page is not None else None,
                     )
             except TimeoutError:
+                self._observe(method, status, started)
                 problem = f"timed out after {self.settings.registry_timeout:g}s"
             except aiohttp.ClientError as exc:
+                self._observe(method, status, started)
                 problem = f"could not connect ({type(exc).__name__})"
             else:
+                self._observe(method, status, started)
                 if response.status_code not in RETRYABLE_STATUS:
                     return response
                 if attempt == attempts:
@@ -214,6 +227,10 @@ class RegistryClient:
             await asyncio.sleep(delay)
             delay *= 2.5
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _observe(self, method: str, status: int, started: float) -> None:
+        if self._observer is not None:
+            self._observer(method, status, time.perf_counter() - started)
 
     # --- auth -------------------------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""Prometheus metrics at /metrics: the probe's own gauges (so the cluster's alert rules work with the bot in
+place of the CronJob) and the bot's figures."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# The probe's metric names, with the same `instance` label.
+PROBE_FAILURES = Gauge(
+    "registry_manifest_integrity_failures", "Broken tags found by the last scan", ["instance"], registry=REGISTRY
+)
+PROBE_CATALOG = Gauge(
+    "registry_manifest_integrity_catalog_accessible",
+    "1 when the last scan could list the registry",
+    ["instance"],
+    registry=REGISTRY,
+)
+PROBE_REPOS = Gauge(
+    "registry_manifest_integrity_repos_checked",
+    "Repositories checked by the last scan",
+    ["instance"],
+    registry=REGISTRY,
+)
+PROBE_TAGS = Gauge(
+    "registry_manifest_integrity_tags_checked", "Tags checked by the last scan", ["instance"], registry=REGISTRY
+)
+PROBE_INDEXES = Gauge(
+    "registry_manifest_integrity_indexes_checked", "Indexes checked by the last scan", ["instance"], registry=REGISTRY
+)
+PROBE_LAST_RUN = Gauge(
+    "registry_manifest_integrity_last_run_timestamp",
+    "Unix time the last scan finished",
+    ["instance"],
+    registry=REGISTRY,
+)
+
+# The bot's own figures.
+INCIDENTS = Gauge("registry_bot_incidents", "Incidents by state", ["state"], registry=REGISTRY)
+PHASE_RUNS = Counter(
+    "registry_bot_phase_runs", "Phase runs by phase and outcome", ["phase", "outcome"], registry=REGISTRY
+)
+PHASE_SECONDS = Histogram(
+    "registry_bot_phase_duration_seconds",
+    "Phase run durations by phase and outcome",
+    ["phase", "outcome"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+    registry=REGISTRY,
+)
+SLACK_API_ERRORS = Counter(
+    "registry_bot_slack_api_errors", "Slack Web API errors by method and error", ["method", "error"], registry=REGISTRY
+)
+REGISTRY_REQUESTS = Counter(
+    "registry_bot_registry_requests", "Registry requests by method and status", ["method", "status"], registry=REGISTRY
+)
+REGISTRY_LATENCY = Histogram(
+    "registry_bot_registry_request_seconds",
+    "Registry request latency",
+    ["method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+ALERTS_RECEIVED = Counter(
+    "registry_bot_alerts_received",
+    "Alertmanager notifications by alert and outcome",
+    ["alertname", "outcome"],
+    registry=REGISTRY,
+)
+IS_LEADER = Gauge("registry_bot_leader", "1 while this replica runs the scheduler and the scan", registry=REGISTRY)

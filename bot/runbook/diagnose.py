@@ -1,0 +1,92 @@
+"""Phase 1, confirm the diagnosis: the full check, the probe's log lines for the image, and its consumers."""
+
+from __future__ import annotations
+
+from bot.errors import UserFacingError
+from bot.refs import ImageRef
+from bot.registry.integrity import IntegrityChecker
+from bot.registry.model import CheckResult
+from bot.runbook.base import PhaseContext, PhaseResult, Progress
+from bot.text import escape
+
+
+def image_digests(incident_digest: str | None, result: CheckResult | None) -> frozenset[str]:
+    """Digests a pod may be pinned to for this image: the top level and every problem's object."""
+    digests = {d for d in [incident_digest, result.digest if result else None] if d}
+    if result:
+        digests |= {p.digest for p in result.problems if p.kind in ("index", "manifest")}
+    return frozenset(digests)
+
+
+async def check_image(ctx: PhaseContext) -> CheckResult:
+    incident = ctx.incident
+    async with ctx.registry() as client:
+        return await IntegrityChecker(client).check(ImageRef(incident.name, incident.tag), display=incident.image)
+
+
+async def diagnose(ctx: PhaseContext, progress: Progress) -> PhaseResult:
+    incident = ctx.incident
+    await progress.step("check", f"Checking `{incident.image}` down to every blob…")
+    try:
+        result = await check_image(ctx)
+    except UserFacingError as exc:
+        await progress.step("check", f"Could not check: {exc}", "failed")
+        return PhaseResult(False, f"Could not check the image: {exc}")
+    if result.status == "error":
+        await progress.step("check", f"Could not check: {result.error}", "failed")
+        return PhaseResult(False, f"Could not check the image: {result.error}", data={"check": result})
+    if result.status == "intact":
+        await progress.step("check", f"Intact now: all {result.objects_checked} objects present and matching", "done")
+    else:
+        bad = len({p.digest for p in result.problems})
+        await progress.step("check", f"Broken: {bad} of {result.objects_checked} objects have problems", "failed")
+        for index, problem in enumerate(result.problems[:8]):
+            await progress.step(f"problem-{index}", f"`{escape(problem.summary())}`", "info")
+
+    details: list[str] = []
+    consumers: list[dict[str, object]] = []
+    if ctx.kube is None:
+        await progress.step("cluster", "No cluster configured: probe log and consumers not looked up", "skipped")
+    else:
+        try:
+            probe = await ctx.kube.probe_log()
+            lines = [line for repo, tag, line in (probe.failures if probe else []) if f"{repo}:{tag}" == incident.image]
+            if probe is None:
+                await progress.step("probe", "No probe Job pod to read", "skipped")
+            elif lines:
+                await progress.step("probe", f"Probe `{probe.pod}` reports {len(lines)} failure line(s)", "info")
+                for index, line in enumerate(lines[:5]):
+                    await progress.step(f"probe-{index}", f"`{escape(line)}`", "info")
+            else:
+                await progress.step("probe", f"Probe `{probe.pod}` reports nothing for this image", "info")
+            digests = image_digests(incident.digest, result)
+            workloads = await ctx.kube.consumers(incident.name, incident.tag, digests)
+            consumers = [w.to_json() for w in workloads]
+            if workloads:
+                names = ", ".join(f"`{w}`" for w in workloads[:10])
+                more = f" and {len(workloads) - 10} more" if len(workloads) > 10 else ""
+                await progress.step("consumers", f"Used by {len(workloads)} workload(s): {names}{more}", "info")
+            else:
+                await progress.step("consumers", "No workload in the cluster uses this image", "info")
+            failing = await ctx.kube.failing_pods(incident.name, incident.tag, digests)
+            if failing:
+                nodes = sorted({p.node for p in failing if p.node})
+                await progress.step(
+                    "pods",
+                    f"{len(failing)} pod(s) cannot pull it ({', '.join(sorted({p.reason for p in failing}))}) "
+                    f"on {', '.join(nodes) or 'no node yet'}",
+                    "warning",
+                )
+            else:
+                await progress.step("pods", "No pod is failing to pull it", "info")
+        except UserFacingError as exc:
+            await progress.step("cluster", f"Cluster lookup failed: {exc}", "warning")
+            details.append(str(exc))
+
+    if result.status == "intact":
+        summary = "The image is intact now. If pods still fail, restart the consumers; then verify."
+    else:
+        summary = "Confirmed broken. Next: Rebuild (deletes the broken version and rebuilds it in CI)."
+    return PhaseResult(
+        True, summary, state="diagnosed", details=details, data={"check": result, "consumers": consumers}
+    )

@@ -1,0 +1,47 @@
+"""Where each secret comes from: its setting (environment or file) first, else Vault when VAULT_ADDR is set.
+
+A secret setting may name its Vault source in its metadata (`path#field` under VAULT_KV_MOUNT); the
+environment variable `<NAME>_VAULT` (e.g. `SLACK_BOT_TOKEN_VAULT=viktor#slack_bot_token`) overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from bot.config import Settings, setting_fields
+from bot.errors import ConfigError
+
+
+def vault_source(settings: Settings, name: str, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    env = os.environ if environ is None else environ
+    if name == "registry_password":
+        return settings.vault_registry_path, settings.vault_registry_field
+    override = env.get(f"{name.upper()}_VAULT")
+    spec = override
+    if spec is None:
+        spec = next((str(f.metadata.get("vault", "")) for f in setting_fields() if f.name == name), "")
+    if not spec:
+        return None
+    path, sep, field = spec.partition("#")
+    if not sep or not path or not field:
+        raise ConfigError(f"{name.upper()}_VAULT must be path#field, not '{spec}'.")
+    return path, field
+
+
+def resolve_secrets(settings: Settings, names: tuple[str, ...]) -> Settings:
+    """Fill the named secret settings from Vault where they are not set. Raises SecretUnavailable."""
+    from bot.config import Secret
+
+    missing = [name for name in names if not getattr(settings, name)]
+    if not missing or not settings.vault_addr:
+        return settings
+    from bot.integrations.vault import Vault
+
+    vault = Vault(settings)
+    values = {}
+    for name in missing:
+        source = vault_source(settings, name)
+        if source is not None:
+            values[name] = Secret(vault.read(*source))
+    return settings.with_values(**values)

@@ -1,0 +1,347 @@
+"""Self-tests for the CI stand-ins (Woodpecker, GitHub Actions), driven with plain httpx like the bot's client."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from tests.peers.github_actions import GitHubActionsStandIn
+from tests.peers.registry import OCI_INDEX, Registry
+from tests.peers.woodpecker import WoodpeckerStandIn
+
+T = TypeVar("T")
+
+GH_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 15.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def manifest_digest(registry: Registry, name: str, tag: str) -> str | None:
+    response = httpx.get(f"{registry.url}/v2/{name}/manifests/{tag}", headers={"Accept": OCI_INDEX})
+    return response.headers["Docker-Content-Digest"] if response.status_code == 200 else None
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[Registry]:
+    with Registry() as reg:
+        yield reg
+
+
+# --- Woodpecker -----------------------------------------------------------------------------------------
+
+
+def wp_client(wp: WoodpeckerStandIn, token: str = "wp-token") -> httpx.Client:
+    return httpx.Client(base_url=wp.url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+
+
+def wait_pipeline(client: httpx.Client, repo_id: int, number: int, states: set[str]) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        pipeline: dict[str, Any] = client.get(f"/api/repos/{repo_id}/pipelines/{number}").json()
+        return pipeline if pipeline["status"] in states else None
+
+    return wait_for(probe, what=f"pipeline {number} in {states}")
+
+
+def test_woodpecker_lookup() -> None:
+    with WoodpeckerStandIn() as wp, wp_client(wp) as client:
+        repo_id = wp.add_repo("viktor", "app", repo_id=42)
+        found = client.get("/api/repos/lookup/viktor/app")
+        assert found.status_code == 200
+        assert found.json()["id"] == 42 and found.json()["full_name"] == "viktor/app"
+        missing = client.get("/api/repos/lookup/viktor/nope")
+        assert missing.status_code == 404 and missing.content == b""
+        assert client.get(f"/api/repos/{repo_id}").json()["default_branch"] == "main"
+        assert client.get("/api/user").json()["login"] == "registry-bot"
+        assert wp.pipeline_url(42, 7) == f"{wp.url}/repos/42/pipeline/7"
+        assert httpx.get(wp.pipeline_url(42, 7)).status_code == 200
+
+
+def test_woodpecker_manual_pipeline_pushes_a_real_image(registry: Registry) -> None:
+    with WoodpeckerStandIn(registry_url=registry.url) as wp, wp_client(wp) as client:
+        repo_id = wp.add_repo("viktor", "app", image=("viktor/app", "latest"), step_seconds=0.1)
+        created = client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main", "variables": {"WHY": "fix"}})
+        assert created.status_code == 200
+        pipeline = created.json()
+        assert pipeline["number"] == 1 and pipeline["status"] == "pending" and pipeline["event"] == "manual"
+        assert pipeline["variables"] == {"WHY": "fix"}
+        children = pipeline["workflows"][0]["children"]
+        assert [(s["name"], s["state"], s["type"]) for s in children] == [
+            ("clone", "pending", "clone"),
+            ("build-and-push", "pending", "commands"),
+        ]
+        assert "started" not in children[0]  # Go omitempty
+
+        seen = {wait_pipeline(client, repo_id, 1, {"running"})["status"]}
+        done = wait_pipeline(client, repo_id, 1, {"success", "failure"})
+        seen.add(done["status"])
+        assert seen == {"running", "success"}
+        assert done["started"] > 0 and done["finished"] >= done["started"]
+        workflow = done["workflows"][0]
+        assert workflow["state"] == "success"
+        assert all(s["state"] == "success" and s["exit_code"] == 0 for s in workflow["children"])
+        assert client.get(f"/api/repos/{repo_id}/pipelines/latest").json()["number"] == 1
+
+        first_digest = manifest_digest(registry, "viktor/app", "latest")
+        assert first_digest == wp.pushed[0].digest
+        build_step = workflow["children"][1]
+        log_text = [
+            base64.b64decode(e["data"]).decode()
+            for e in client.get(f"/api/repos/{repo_id}/logs/1/{build_step['id']}").json()
+        ]
+        assert any(first_digest in line for line in log_text)
+
+        # A second build pushes a fresh image: the tag moves to a new digest.
+        assert client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main"}).json()["number"] == 2
+        wait_pipeline(client, repo_id, 2, {"success"})
+        assert manifest_digest(registry, "viktor/app", "latest") not in (None, first_digest)
+
+        posted = wp.requests_to("POST", r"/pipelines$")[0]
+        assert posted.json == {"branch": "main", "variables": {"WHY": "fix"}}
+        assert posted.authorization == "Bearer wp-token"
+        assert [p["number"] for p in wp.pipelines(repo_id)] == [1, 2]
+
+
+def test_woodpecker_filtered_pipeline() -> None:
+    with WoodpeckerStandIn() as wp, wp_client(wp) as client:
+        repo_id = wp.add_repo("viktor", "docs", manual_workflow=False)
+        response = client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main", "variables": {}})
+        assert response.status_code == 204 and response.headers["Pipeline-Filtered"] == "true"
+        assert wp.pipelines(repo_id) == []
+        assert client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "nope"}).status_code == 500
+
+
+def test_woodpecker_failing_step_has_log_lines() -> None:
+    with WoodpeckerStandIn() as wp, wp_client(wp) as client:
+        repo_id = wp.add_repo(
+            "viktor",
+            "app",
+            steps=("clone", "build", "push"),
+            fail_step="build",
+            step_seconds=0.05,
+            fail_log="npm ERR! missing script: build\nmake: *** [build] Error 1",
+        )
+        client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main"})
+        done = wait_pipeline(client, repo_id, 1, {"success", "failure"})
+        assert done["status"] == "failure" and done["workflows"][0]["state"] == "failure"
+        clone, build, push = done["workflows"][0]["children"]
+        assert (clone["state"], build["state"], build["exit_code"], push["state"]) == (
+            "success",
+            "failure",
+            1,
+            "skipped",
+        )
+        entries = client.get(f"/api/repos/{repo_id}/logs/1/{build['id']}").json()
+        assert {"id", "step_id", "time", "line", "data", "type"} <= set(entries[0])
+        lines = [base64.b64decode(e["data"]).decode() for e in entries]
+        assert "npm ERR! missing script: build" in lines and "make: *** [build] Error 1" in lines
+        assert [e["line"] for e in entries] == list(range(len(entries)))
+        assert client.get(f"/api/repos/{repo_id}/logs/1/{push['id']}").json() == []
+        assert client.get(f"/api/repos/{repo_id}/logs/1/999999").status_code == 404
+
+
+def test_woodpecker_bad_token() -> None:
+    with WoodpeckerStandIn() as wp, wp_client(wp, token="wrong") as client:
+        repo_id = wp.add_repo("viktor", "app")
+        lookup = client.get("/api/repos/lookup/viktor/app")
+        assert lookup.status_code == 401 and lookup.content == b""
+        assert client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main"}).status_code == 401
+        user = client.get("/api/user")
+        assert user.status_code == 401 and user.text == "User not authorized"
+        assert httpx.get(f"{wp.url}/api/repos/lookup/viktor/app").status_code == 401
+        assert httpx.get(f"{wp.url}/api/repos/lookup/viktor/app?access_token=wp-token").status_code == 200
+        assert wp.pipelines(repo_id) == []
+
+
+def test_woodpecker_going_down_mid_pipeline(registry: Registry) -> None:
+    with WoodpeckerStandIn(registry_url=registry.url) as wp:
+        repo_id = wp.add_repo("viktor", "down", image=("viktor/down", "v1"), step_seconds=0.3)
+        with wp_client(wp) as client:
+            client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main"})
+            wait_pipeline(client, repo_id, 1, {"running"})
+            wp.go_down()
+            with pytest.raises(httpx.ConnectError):
+                client.get(f"/api/repos/{repo_id}/pipelines/1")  # even over the kept-alive connection
+            wp.come_back()
+            assert wait_pipeline(client, repo_id, 1, {"success", "failure"})["status"] == "success"
+            assert manifest_digest(registry, "viktor/down", "v1") == wp.pushed[-1].digest
+
+            # An ingress in front of a dead pod answers 502; with freeze the agent makes no progress meanwhile.
+            client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main"})
+            wait_pipeline(client, repo_id, 2, {"running"})
+            wp.go_down("502", freeze=True)
+            response = client.get(f"/api/repos/{repo_id}/pipelines/2")
+            assert response.status_code == 502 and "Bad Gateway" in response.text
+            time.sleep(1.0)
+            assert wp.pipelines(repo_id)[1]["status"] == "running"
+            wp.come_back()
+            wp.finish_unfinished("error")  # the server lost its agent: the pipeline ends in error
+            assert client.get(f"/api/repos/{repo_id}/pipelines/2").json()["status"] == "error"
+
+
+def test_woodpecker_cancel_and_faults() -> None:
+    with WoodpeckerStandIn() as wp, wp_client(wp) as client:
+        repo_id = wp.add_repo("viktor", "app", steps=("clone", "build", "push"), step_seconds=1.0)
+        client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main"})
+        wait_pipeline(client, repo_id, 1, {"running"})
+        assert client.post(f"/api/repos/{repo_id}/pipelines/1/cancel").status_code == 204
+        killed = client.get(f"/api/repos/{repo_id}/pipelines/1").json()
+        assert killed["status"] == "killed"
+        assert [s["state"] for s in killed["workflows"][0]["children"]] == ["killed", "canceled", "canceled"]
+        assert client.post(f"/api/repos/{repo_id}/pipelines/1/cancel").status_code == 400
+
+        wp.fault("GET", r"/pipelines/\d+$", 500, times=2)
+        assert [client.get(f"/api/repos/{repo_id}/pipelines/1").status_code for _ in range(3)] == [500, 500, 200]
+        assert client.get(f"/api/repos/{repo_id}/pipelines/9").status_code == 404
+
+
+# --- GitHub Actions -------------------------------------------------------------------------------------
+
+
+def gh_client(gh: GitHubActionsStandIn, auth: str = "Bearer gh-token") -> httpx.Client:
+    return httpx.Client(base_url=gh.url, headers={**GH_HEADERS, "Authorization": auth}, timeout=5)
+
+
+def wait_run(client: httpx.Client, repo: str, run_id: int) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        run: dict[str, Any] = client.get(f"/repos/{repo}/actions/runs/{run_id}").json()
+        return run if run["status"] == "completed" else None
+
+    return wait_for(probe, what=f"run {run_id} completed")
+
+
+def test_github_dispatch_runs_to_success_and_pushes_an_image(registry: Registry) -> None:
+    with GitHubActionsStandIn(registry_url=registry.url) as gh, gh_client(gh) as client:
+        workflow_id = gh.add_workflow("viktor", "app", "build.yml", image=("viktor/gh-app", "latest"), appear_delay=0.2)
+        dispatched = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "inputs": {"why": "x"}}
+        )
+        assert dispatched.status_code == 204 and dispatched.content == b""
+        assert dispatched.headers.get("X-GitHub-Api-Version-Selected") is None  # no body, no JSON headers
+
+        params = {"event": "workflow_dispatch", "branch": "main"}
+        listing = client.get("/repos/viktor/app/actions/workflows/build.yml/runs", params=params).json()
+        assert listing == {"total_count": 0, "workflow_runs": []}  # GitHub lists a dispatched run after a lag
+        runs = wait_for(
+            lambda: client.get(f"/repos/viktor/app/actions/workflows/{workflow_id}/runs", params=params).json()[
+                "workflow_runs"
+            ],
+            what="the run to be listed",
+        )
+        run = runs[0]
+        assert run["status"] in ("queued", "in_progress") and run["conclusion"] is None
+        assert run["html_url"] == f"{gh.url}/viktor/app/actions/runs/{run['id']}"
+        assert httpx.get(run["html_url"]).status_code == 200
+
+        done = wait_run(client, "viktor/app", run["id"])
+        assert (done["status"], done["conclusion"], done["head_branch"]) == ("completed", "success", "main")
+        jobs = client.get(f"/repos/viktor/app/actions/runs/{run['id']}/jobs").json()
+        assert jobs["total_count"] == 1
+        job = jobs["jobs"][0]
+        assert (job["status"], job["conclusion"]) == ("completed", "success")
+        assert [(s["number"], s["name"], s["conclusion"]) for s in job["steps"]] == [
+            (1, "Set up job", "success"),
+            (2, "Checkout", "success"),
+            (3, "Build and push", "success"),
+            (4, "Complete job", "success"),
+        ]
+        assert manifest_digest(registry, "viktor/gh-app", "latest") == gh.pushed[0].digest
+
+        details = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "return_run_details": True}
+        )
+        assert details.status_code == 200
+        body = details.json()
+        assert set(body) == {"workflow_run_id", "run_url", "html_url"}
+        assert client.get(body["run_url"]).json()["id"] == body["workflow_run_id"]
+        dispatch = gh.requests_to("POST", "/dispatches$")[0]
+        assert dispatch.json == {"ref": "main", "inputs": {"why": "x"}}
+        assert dispatch.headers["X-GitHub-Api-Version"] == "2022-11-28"
+
+
+def test_github_failure_conclusion_and_job_logs_redirect() -> None:
+    with GitHubActionsStandIn() as gh, gh_client(gh, auth="token gh-token") as client:
+        gh.add_workflow("viktor", "app", fail_step="Build and push", seconds=0.3, fail_log="ERROR: no space left")
+        details = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "return_run_details": True}
+        ).json()
+        done = wait_run(client, "viktor/app", details["workflow_run_id"])
+        assert done["conclusion"] == "failure"
+        job = client.get(f"/repos/viktor/app/actions/runs/{done['id']}/jobs").json()["jobs"][0]
+        assert job["conclusion"] == "failure"
+        assert {s["name"]: s["conclusion"] for s in job["steps"]} == {
+            "Set up job": "success",
+            "Checkout": "success",
+            "Build and push": "failure",
+            "Complete job": "success",
+        }
+
+        redirect = client.get(f"/repos/viktor/app/actions/jobs/{job['id']}/logs")
+        assert redirect.status_code == 302
+        location = redirect.headers["Location"]
+        logs = httpx.get(location)  # a signed URL: no Authorization
+        assert logs.status_code == 200 and logs.headers["Content-Type"].startswith("text/plain")
+        assert "ERROR: no space left" in logs.text
+        assert "##[error]Process completed with exit code 1." in logs.text
+        assert httpx.get(location.replace("sig=", "sig=0")).status_code == 403
+        followed = client.get(f"/repos/viktor/app/actions/jobs/{job['id']}/logs", follow_redirects=True)
+        assert followed.text == logs.text
+
+        assert client.post(f"/repos/viktor/app/actions/runs/{done['id']}/cancel").status_code == 409
+
+
+def test_github_errors() -> None:
+    with GitHubActionsStandIn() as gh, gh_client(gh) as client:
+        gh.add_workflow("viktor", "app", inputs=["why"])
+        unknown = client.post("/repos/viktor/app/actions/workflows/nope.yml/dispatches", json={"ref": "main"})
+        assert unknown.status_code == 404
+        assert unknown.json()["message"] == "Not Found" and unknown.json()["documentation_url"].startswith("https://")
+        bad_ref = client.post("/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "nope"})
+        assert bad_ref.status_code == 422 and bad_ref.json()["message"] == "No ref found for: nope"
+        extra = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "inputs": {"x": "1"}}
+        )
+        assert extra.status_code == 422 and "Unexpected inputs" in extra.json()["message"]
+        assert client.get("/repos/viktor/app/actions/runs/1").status_code == 404
+        assert client.get("/repos/viktor/other/actions/workflows").status_code == 404
+
+        with gh_client(gh, auth="Bearer wrong") as bad:
+            response = bad.post("/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main"})
+            assert response.status_code == 401 and response.json()["message"] == "Bad credentials"
+        anonymous = httpx.get(f"{gh.url}/repos/viktor/app/actions/workflows", headers=GH_HEADERS)
+        assert anonymous.status_code == 404  # a private repository is invisible without a token
+        old_version = client.get("/repos/viktor/app/actions/workflows", headers={"X-GitHub-Api-Version": "2020-01-01"})
+        assert old_version.status_code == 400
+        assert gh.runs() == []
+
+
+def test_github_cancel_and_outage() -> None:
+    with GitHubActionsStandIn() as gh, gh_client(gh) as client:
+        gh.add_workflow("viktor", "app", seconds=3.0)
+        details = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "return_run_details": True}
+        ).json()
+        run_id = details["workflow_run_id"]
+        gh.go_down()
+        with pytest.raises(httpx.ConnectError):
+            client.get(f"/repos/viktor/app/actions/runs/{run_id}")
+        gh.come_back()
+        assert client.post(f"/repos/viktor/app/actions/runs/{run_id}/cancel").status_code == 202
+        cancelled = client.get(f"/repos/viktor/app/actions/runs/{run_id}").json()
+        assert (cancelled["status"], cancelled["conclusion"]) == ("completed", "cancelled")
+        gh.fault("GET", r"/actions/runs/\d+$", 503)
+        failed = client.get(f"/repos/viktor/app/actions/runs/{run_id}")
+        assert failed.status_code == 503 and failed.json()["status"] == "503"
+        assert client.get(f"/repos/viktor/app/actions/runs/{run_id}").status_code == 200
