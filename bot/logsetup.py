@@ -1,0 +1,86 @@
+"""Logs: JSON in a cluster, readable lines in a terminal; and never a secret.
+
+Every secret the bot holds is registered with `SecretRedactor`, which masks it in every record's
+message and arguments before any handler formats it, whatever code logged it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "**********")
+    return text
+
+
+class SecretRedactor(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS:
+            record.msg = redact(str(record.msg))
+            if record.args:
+                args = record.args if isinstance(record.args, tuple) else (record.args,)
+                record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("incident", "phase", "user"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        elif record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
+    use_json = log_format == "json" or (
+        log_format == "auto" and (bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or not sys.stderr.isatty())
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(SecretRedactor())
+    handler.setFormatter(
+        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "urllib3",
+        "kubernetes",
+        "apscheduler",
+        "uvicorn.access",
+        "slack_bolt",
+        "slack_sdk",
+        "aiohttp.access",
+        "alembic",
+    ):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
