@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
 
     commands.add_parser("serve", help="run the Slack bot")
+
+    audit = commands.add_parser("audit", help="print the audit trail")
+    audit.add_argument("--since", default="24h", help="how far back: 90s, 30m, 24h, 7d (default 24h)")
+    audit.add_argument("--incident", type=int, help="only this incident")
+    audit.add_argument("--json", action="store_true", help="print a JSON list")
     return parser
 
 
@@ -61,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "scan":
             return _scan(args)
+        if args.command == "audit":
+            return _audit(args)
         if args.command == "serve":
             from bot.serve import serve
 
@@ -160,3 +167,54 @@ async def _scan_all(settings: Settings, tags_per_repo: int | None) -> ScanResult
     password = await asyncio.to_thread(registry_password, settings)
     async with RegistryClient(settings, password) as client:
         return await scan_registry(client, tags_per_repo=tags_per_repo)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90s`, `30m`, `24h`, `7d` (a bare number is seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in units:
+            return float(value[:-1]) * units[value[-1]]
+        return float(value)
+    except ValueError:
+        raise UserFacingError(f"'{text[:20]}' is not a duration: use 90s, 30m, 24h or 7d.") from None
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from bot.incidents.store import Store
+
+    settings = load_settings()
+    since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
+    store = Store(settings.database_url)
+    try:
+        store.migrate()
+        events = store.audit_events(since=since, incident_id=args.incident)
+    finally:
+        store.close()
+    rows = [
+        {
+            "at": e.at.isoformat(timespec="seconds"),
+            "user": e.user,
+            "incident": e.incident_id,
+            "phase": e.phase,
+            "action": e.action,
+            "outcome": e.outcome,
+            "detail": e.detail,
+        }
+        for e in events
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print(f"No audit events since {since:%Y-%m-%d %H:%M} UTC.")
+    for row in rows:
+        incident = f"#{row['incident']}" if row["incident"] is not None else "-"
+        print(
+            f"{row['at']}  {row['user'] or 'bot':<12} {incident:<5} {row['phase'] or '-':<9} "
+            f"{row['action']:<11} {row['outcome']:<15} {row['detail']}"
+        )
+    return 0
