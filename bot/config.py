@@ -134,6 +134,7 @@ class Settings:
     ci_branch: str = _setting("master", "Branch rebuilt by default (per-image overrides in the YAML `images:`).")
     ci_poll_interval: float = _setting(5.0, "Seconds between CI status polls.")
     ci_timeout: float = _setting(3600.0, "Seconds before a rebuild pipeline is given up on.")
+    ci_unreachable_grace: float = _setting(120.0, "Seconds CI may stop answering while the bot follows a pipeline.")
     rollout_timeout: float = _setting(600.0, "Seconds a restarted workload may take to roll out.")
     node_actions: bool = _setting(False, "Offer 'Drain <node> and restart containerd' (always two approvers).")
     node_shell_image: str = _setting("alpine:3.20", "Image of the privileged pod that restarts containerd.")

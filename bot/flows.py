@@ -566,6 +566,10 @@ class RegistryBot:
         incident = await self.db(self.store.update, incident_id, **fields)
         await self.refresh_root(incident_id)
         await self.update_metrics()
+        nodes = result.data.get("nodes") or []
+        if phase == "restart" and nodes and self.settings.node_actions:
+            text, message = blocks.node_offer(incident_id, nodes)
+            await self.thread_reply(incident, text, message)
         if result.ok and self.on_fixed is not None and result.data.get("schedule_verification"):
             await self.on_fixed(incident)
         return result

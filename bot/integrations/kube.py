@@ -232,3 +232,183 @@ def explain_api_error(exc: Any, doing: str) -> str:
 def _first_line(exc: Exception) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0][:200] if lines else type(exc).__name__
+
+
+# --- writes and rollouts (Phase 3 and node actions) ----------------------------------------------------
+
+RESTART_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    done: bool
+    failed: bool
+    message: str
+
+
+def rollout_status(kind: str, obj: Any) -> RolloutStatus:
+    """kubectl's rollout rules (kubectl/pkg/polymorphichelpers/rollout_status.go) on a fetched object."""
+    metadata, spec, status = obj.metadata, obj.spec, obj.status
+    generation = metadata.generation or 0
+    observed = (status.observed_generation if status else 0) or 0
+    if generation > observed:
+        return RolloutStatus(False, False, "waiting for the controller to see the change")
+    if kind == "Deployment":
+        for condition in (status.conditions or []) if status else []:
+            if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
+                return RolloutStatus(False, True, "exceeded its progress deadline")
+        replicas = spec.replicas if spec.replicas is not None else 1
+        updated = status.updated_replicas or 0
+        total = status.replicas or 0
+        available = status.available_replicas or 0
+        if updated < replicas:
+            return RolloutStatus(False, False, f"{updated} of {replicas} updated")
+        if total > updated:
+            return RolloutStatus(False, False, f"{total - updated} old replica(s) pending termination")
+        if available < updated:
+            return RolloutStatus(False, False, f"{available} of {updated} updated replicas available")
+        return RolloutStatus(True, False, f"rolled out ({updated}/{replicas})")
+    if kind == "StatefulSet":
+        replicas = spec.replicas if spec.replicas is not None else 1
+        ready = status.ready_replicas or 0
+        updated = status.updated_replicas or 0
+        if ready < replicas:
+            return RolloutStatus(False, False, f"{ready} of {replicas} ready")
+        if status.update_revision != status.current_revision:
+            return RolloutStatus(False, False, f"{updated} of {replicas} updated")
+        return RolloutStatus(True, False, f"rolled out ({ready}/{replicas})")
+    desired = status.desired_number_scheduled or 0
+    updated = status.updated_number_scheduled or 0
+    available = status.number_available or 0
+    if updated < desired:
+        return RolloutStatus(False, False, f"{updated} of {desired} updated")
+    if available < desired:
+        return RolloutStatus(False, False, f"{available} of {desired} available")
+    return RolloutStatus(True, False, f"rolled out ({available}/{desired})")
+
+
+def _apps_call(api: Any, kind: str, verb: str) -> Any:
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api)
+    suffix = {"Deployment": "deployment", "StatefulSet": "stateful_set", "DaemonSet": "daemon_set"}[kind]
+    return getattr(apps, f"{verb}_namespaced_{suffix}")
+
+
+class KubeWriter:
+    """The writes the runbook makes; separated so that a dry run can be seen to use none of them."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    async def restart(self, workload: Workload, at: str) -> None:
+        body = {"spec": {"template": {"metadata": {"annotations": {RESTART_ANNOTATION: at}}}}}
+        await self.kube.call(
+            f"restarting {workload}",
+            lambda api: _apps_call(api, workload.kind, "patch")(workload.name, workload.namespace, body),
+        )
+
+    async def rollout(self, workload: Workload) -> RolloutStatus:
+        obj = await self.kube.call(
+            f"reading {workload}",
+            lambda api: _apps_call(api, workload.kind, "read")(workload.name, workload.namespace),
+        )
+        return rollout_status(workload.kind, obj)
+
+    async def cordon(self, node: str, unschedulable: bool) -> None:
+        from kubernetes import client
+
+        body = {"spec": {"unschedulable": unschedulable}}
+        await self.kube.call(
+            f"{'cordoning' if unschedulable else 'uncordoning'} {node}",
+            lambda api: client.CoreV1Api(api).patch_node(node, body),
+        )
+
+    async def pods_to_evict(self, node: str) -> list[tuple[str, str]]:
+        """Pods `kubectl drain --ignore-daemonsets --delete-emptydir-data` would evict: not DaemonSet or mirror pods."""
+        from kubernetes import client
+
+        def read(api: Any) -> list[tuple[str, str]]:
+            pods = client.CoreV1Api(api).list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+            chosen = []
+            for pod in pods:
+                owners = pod.metadata.owner_references or []
+                if any(o.kind == "DaemonSet" for o in owners):
+                    continue
+                if "kubernetes.io/config.mirror" in (pod.metadata.annotations or {}):
+                    continue
+                if pod.status and pod.status.phase in ("Succeeded", "Failed"):
+                    continue
+                chosen.append((pod.metadata.namespace, pod.metadata.name))
+            return chosen
+
+        return await self.kube.call(f"listing pods on {node}", read)
+
+    async def evict(self, namespace: str, name: str) -> str:
+        """'evicted', 'gone', or 'blocked' (a PodDisruptionBudget refused: 429)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        def run(api: Any) -> str:
+            body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+            try:
+                client.CoreV1Api(api).create_namespaced_pod_eviction(name, namespace, body)
+            except ApiException as exc:
+                if exc.status == 429:
+                    return "blocked"
+                if exc.status == 404:
+                    return "gone"
+                raise
+            return "evicted"
+
+        return await self.kube.call(f"evicting {namespace}/{name}", run)
+
+    async def create_pod(self, namespace: str, manifest: dict[str, Any]) -> str:
+        from kubernetes import client
+
+        created = await self.kube.call(
+            f"creating a pod in {namespace}",
+            lambda api: client.CoreV1Api(api).create_namespaced_pod(namespace, manifest),
+        )
+        return str(created.metadata.name)
+
+    async def pod_phase(self, namespace: str, name: str) -> str:
+        from kubernetes import client
+
+        pod = await self.kube.call(
+            f"reading pod {namespace}/{name}", lambda api: client.CoreV1Api(api).read_namespaced_pod(name, namespace)
+        )
+        return str(pod.status.phase if pod.status else "Unknown")
+
+    async def pod_log(self, namespace: str, name: str) -> str:
+        from kubernetes import client
+
+        return str(
+            await self.kube.call(
+                f"reading the log of {namespace}/{name}",
+                lambda api: client.CoreV1Api(api).read_namespaced_pod_log(name, namespace, tail_lines=50),
+            )
+            or ""
+        )
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        def run(api: Any) -> None:
+            try:
+                client.CoreV1Api(api).delete_namespaced_pod(name, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+        await self.kube.call(f"deleting pod {namespace}/{name}", run)
+
+    async def node_ready(self, node: str) -> bool:
+        from kubernetes import client
+
+        obj = await self.kube.call(f"reading node {node}", lambda api: client.CoreV1Api(api).read_node(node))
+        for condition in (obj.status.conditions or []) if obj.status else []:
+            if condition.type == "Ready":
+                return bool(condition.status == "True")
+        return False

@@ -45,6 +45,12 @@ STATE_LABEL = {
     "resolved": "✅ Resolved",
 }
 CONFIRMS = {
+    "registry_node": (
+        "Drain the node?",
+        "This cordons the node, evicts its pods (honoring PodDisruptionBudgets), restarts containerd through a "
+        "privileged pod, and uncordons it. A second approver must approve.",
+        "Request it",
+    ),
     "registry_rebuild": (
         "Rebuild this image?",
         "This deletes the broken version from the registry and starts a CI pipeline that rebuilds and pushes it.",
@@ -244,6 +250,19 @@ def status_list(incidents: Sequence[Incident], link: Any) -> str:
             f"• {where} — {STATE_LABEL.get(incident.state, incident.state)}, since {_when(incident.first_seen)}"
         )
     return "\n".join(lines)
+
+
+def node_offer(incident_id: int, nodes: Sequence[str]) -> tuple[str, Blocks]:
+    """The thread message offering 'Drain <node> and restart containerd' (two approvers)."""
+    text = (
+        f"Pods of this image still cannot pull on {', '.join(nodes)}: containerd may hold the broken digest. "
+        "Draining the node and restarting containerd needs two approvers."
+    )
+    elements = [
+        button("registry_node", f"Drain {node} and restart containerd", f"{incident_id}:{node}", style="danger")
+        for node in nodes[:5]
+    ]
+    return text, [{"type": "section", "text": _text(text)}, {"type": "actions", "elements": elements}]
 
 
 USAGE = (
