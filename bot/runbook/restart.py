@@ -24,17 +24,19 @@ async def restart(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     workloads = await ctx.kube.consumers(incident.name, incident.tag, digests)
     if not workloads:
         await progress.step("consumers", "No workload uses this image", "done")
+        nodes = await stuck_nodes(ctx, progress, digests)
         return PhaseResult(
             True,
             "No workload uses this image; verification is scheduled.",
             state="restarted",
-            data={"schedule_verification": True, "consumers": []},
+            data={"schedule_verification": True, "consumers": [], "nodes": nodes},
         )
     await progress.step("consumers", f"{len(workloads)} workload(s) use `{incident.image}`", "info")
     writer = KubeWriter(ctx.kube)
     at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     rolling: list[Workload] = []
     skipped: list[str] = []
+    failures: list[str] = []
     for workload in workloads:
         key = f"w-{workload.kind}-{workload.namespace}-{workload.name}"
         if workload.paused:
@@ -44,13 +46,18 @@ async def restart(ctx: PhaseContext, progress: Progress) -> PhaseResult:
         if ctx.dry_run:
             await progress.step(key, f"`{workload}`: dry run, would set {at} as restartedAt", "skipped")
             continue
-        await writer.restart(workload, at)
+        try:
+            await writer.restart(workload, at)
+        except UserFacingError as exc:
+            await progress.step(key, f"`{workload}`: {exc}", "failed")
+            failures.append(str(exc))
+            continue
         await progress.step(key, f"`{workload}`: restarted, rolling out…")
         rolling.append(workload)
     if ctx.dry_run:
         return PhaseResult(True, "Dry run: nothing was restarted.", state=None)
 
-    failures = await follow_rollouts(ctx, progress, writer, rolling)
+    failures += await follow_rollouts(ctx, progress, writer, rolling)
     node_offer = await stuck_nodes(ctx, progress, digests)
     consumers = [w.to_json() for w in workloads]
     if failures:

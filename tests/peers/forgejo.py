@@ -187,6 +187,9 @@ class ForgejoStandIn:
                 if parts.path.startswith("/v2/"):
                     return self._registry(parts, auth, tamper)
                 if parts.path.startswith("/api/v1/packages/"):
+                    if tamper and tamper.status is not None:
+                        body = tamper.body if tamper.body is not None else b'{"message":"tampered"}'
+                        return self._send(tamper.status, body, {"Content-Type": "application/json"})
                     return self._packages(parts, auth)
                 self._json(404, {"message": "Not Found"})
 
