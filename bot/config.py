@@ -147,6 +147,7 @@ class Settings:
     leader_election: str = _setting(
         "auto", "auto (a Kubernetes Lease in a cluster, else the database), lease, database."
     )
+    leader_lease_seconds: float = _setting(15.0, "Seconds a leader's Lease (or database lock) lasts unrenewed.")
     pod_name: str = _setting("", "This replica's name (the Downward API's metadata.name).")
     pod_namespace: str = _setting("registry-bot", "This replica's namespace (the Lease lives here).")
     # Per-image CI mapping, from the YAML file only: {"owner/name": {"ci", "repo", "branch", "workflow", "ref"}}.

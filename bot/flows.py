@@ -93,7 +93,7 @@ class RegistryBot:
         self.running_runs: dict[int, asyncio.Task[Any]] = {}
         self._root_locks: dict[int, asyncio.Lock] = {}
         self._detect_lock = asyncio.Lock()
-        self.on_fixed: Callable[[Incident], Awaitable[None]] | None = None  # schedules verification
+        self.on_fixed: Callable[[Incident], Awaitable[Any]] | None = None  # schedules verification
         self.registry_observer = _observe_registry
 
     # --- plumbing -------------------------------------------------------------------------------------
@@ -557,6 +557,8 @@ class RegistryBot:
             fields["state"] = next_state
         if not result.ok and next_state == "failed":
             fields["failure_reason"] = f"{TITLES[phase]} failed: {result.summary}"
+        if next_state in ("still_broken", "verifying") and not result.ok:
+            fields["status_note"] = result.summary[:300]
         if "check" in result.data and isinstance(result.data["check"], CheckResult):
             await self.db(self.store.apply_check, incident_id, result.data["check"])
         if "consumers" in result.data:
@@ -573,6 +575,39 @@ class RegistryBot:
         if result.ok and self.on_fixed is not None and result.data.get("schedule_verification"):
             await self.on_fixed(incident)
         return result
+
+    # --- verification and the bot's own probe -----------------------------------------------------------
+
+    async def announce_verification(self, incident: Incident, when: datetime) -> None:
+        at = when.astimezone(UTC).strftime("%H:%M UTC")
+        await self.db(self.store.update, incident.id, state="verifying", status_note=f"verification at {at}")
+        await self.thread_reply(incident, f"⏱️ Verification at {at}.")
+        await self.audit("schedule", "scheduled", incident_id=incident.id, phase="verify", detail=f"at {when:%H:%M:%S}")
+        await self.refresh_root(incident.id)
+
+    async def run_verification(self, incident_id: int, requested_by: str | None) -> None:
+        incident = await self.db(self.store.get, incident_id)
+        if incident is None or incident.state == "resolved":
+            log.info("verification of incident %s skipped: %s", incident_id, "resolved" if incident else "gone")
+            return
+        await self.start_phase(incident, "verify", requested_by=requested_by, approved_by=None)
+
+    async def probe_once(self) -> ScanResult:
+        """The bot's own probe: a full scan, exported under the probe's metric names, incidents for what broke."""
+        scan = await self.scan()
+        instance = self.settings.instance
+        summary = scan.summary()
+        metrics.PROBE_CATALOG.labels(instance=instance).set(0 if scan.error else 1)
+        if not scan.error:
+            metrics.PROBE_FAILURES.labels(instance=instance).set(summary["broken"])
+            metrics.PROBE_REPOS.labels(instance=instance).set(summary["repositories"])
+            metrics.PROBE_TAGS.labels(instance=instance).set(summary["tags"])
+            metrics.PROBE_INDEXES.labels(instance=instance).set(summary["indexes"])
+        metrics.PROBE_LAST_RUN.labels(instance=instance).set(time.time())
+        for result in scan.broken:
+            await self.report_broken(result, "probe")
+        log.info("probe: %s", {k: summary[k] for k in ("tags", "broken", "errors", "elapsed_ms") if k in summary})
+        return scan
 
     # --- crash safety ----------------------------------------------------------------------------------
 

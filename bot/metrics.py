@@ -68,3 +68,11 @@ ALERTS_RECEIVED = Counter(
     registry=REGISTRY,
 )
 IS_LEADER = Gauge("registry_bot_leader", "1 while this replica runs the scheduler and the scan", registry=REGISTRY)
+
+PROBE_GAUGES = (PROBE_FAILURES, PROBE_CATALOG, PROBE_REPOS, PROBE_TAGS, PROBE_INDEXES, PROBE_LAST_RUN)
+
+
+def clear_probe_gauges() -> None:
+    """A replica that is not the leader exports no probe series (two replicas must not disagree)."""
+    for gauge in PROBE_GAUGES:
+        gauge.clear()
