@@ -307,7 +307,7 @@ def main() -> int:
             client.wait(5)
         stack.close()  # the bot, then the Slack stand-in, then the registry
         shutil.rmtree(workdir, ignore_errors=True)
-        print(f"total {time.monotonic() - began:.1f} s", file=sys.stderr)
+        print(f"total {time.monotonic() - began:.1f} s")
     return 0
 
 

@@ -464,11 +464,10 @@ class RegistryBot:
             phase=phase,
             detail=f"attempt {run.attempt}" + (f", approved by {approved_by}" if approved_by else ""),
         )
-        if requested_by and phase != "diagnose":
-            label = f"✅ {TITLES[phase]} by <@{requested_by}>"
-            action_id = next((a for a, p in ACTION_PHASE.items() if p == phase), None)
-            if action_id:
-                await self.db(self.store.set_clicked, incident.id, action_id, label)
+        action_id = next((a for a, p in ACTION_PHASE.items() if p == phase), None)
+        if requested_by and action_id in blocks.ACTIONS:
+            label = f"✅ {blocks.ACTIONS[action_id]} by <@{requested_by}>"
+            await self.db(self.store.set_clicked, incident.id, action_id, label)
         task = self.spawn(self._execute(run, incident.id), f"{phase} of incident {incident.id}")
         self.running_runs[run.id] = task
         run_id: int = run.id
