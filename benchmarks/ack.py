@@ -251,7 +251,10 @@ def main() -> int:
         slack = stack.enter_context(SlackStandIn(channels={CHANNEL: "alerts"}, users={VIEWER: "viewer"}))
         env = {"REGISTRY_URL": registry.url, "REGISTRY_KIND": "distribution"}
         bot = stack.enter_context(BotProcess(slack, env, workdir=workdir))
-        print(f"registry, Slack stand-in and bot up in {time.monotonic() - began:.1f} s; {os.cpu_count()} CPUs")
+        print(
+            f"registry, Slack stand-in and bot up in {time.monotonic() - began:.1f} s; {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.2f} (other work on the machine skews every figure)"
+        )
 
         # A real incident to click on: its root message, once its first diagnosis has finished.
         assert bot.command(f"check {broken.reference}").status_code == 200

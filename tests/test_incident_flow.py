@@ -217,7 +217,7 @@ def test_a_phase_running_when_the_bot_is_killed_is_reported_interrupted_at_the_n
         lambda s: next((m for m in world.thread(root) if "was interrupted" in m["text"]), None), timeout=30
     )
     assert buttons(notice) == ["registry_rebuild"]
-    assert "Failed" in message_text(world.current(root))
+    wait_state(world, root, "Failed")
     trail = [(e["action"], e["phase"]) for e in audit(second)]
     assert ("interrupted", "rebuild") in trail
     # and it can be run again from that button
