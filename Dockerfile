@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# registry-bot's image:  docker build -t forgejo.viktorbarzin.me/viktor/registry-bot:<version> .
+#
+# Two stages on the same slim Debian Python image, so the virtual environment built in the first runs unchanged
+# in the second:
+#   build    makes /opt/venv: first the pinned dependencies (manifests/constraints.txt, the runtime closure of
+#            pyproject.toml's dependencies), in their own layer so code changes reuse it; then the project itself
+#            with --no-deps, then `pip check`. Every dependency ships a wheel, so no compiler is installed here
+#            or anywhere.
+#   runtime  the same base, /opt/venv, and an unprivileged numeric user. Nothing else: no build tools, no
+#            source tree. It runs with a read-only root filesystem (manifests/base/deployment.yaml); only /tmp is
+#            written.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1
+WORKDIR /src
+COPY manifests/constraints.txt ./constraints.txt
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --requirement constraints.txt
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/registry-bot --help >/dev/null
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="registry-bot" \
+      org.opencontainers.image.description="Slack ChatOps bot that finds, fixes and verifies broken images on an OCI registry"
+RUN groupadd --system --gid 10001 registry-bot \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/registry-bot --create-home \
+       --shell /usr/sbin/nologin registry-bot
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# The working directory is the user's own, so a local `docker run` with the default SQLite DATABASE_URL works;
+# in the cluster DATABASE_URL names PostgreSQL and the root filesystem is read-only.
+WORKDIR /var/lib/registry-bot
+USER 10001:10001
+EXPOSE 3000
+ENTRYPOINT ["registry-bot", "serve"]
