@@ -98,8 +98,13 @@ class RegistryBot:
 
     # --- plumbing -------------------------------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
-        """Run background work; its failure is logged, never lost silently, never crashes the bot."""
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], what: str, tell: tuple[str, str] | None = None
+    ) -> asyncio.Task[Any]:
+        """Run background work; its failure is logged, never lost silently, never crashes the bot.
+
+        `tell` (channel, user): who hears, in one line only they see, that their request failed.
+        """
 
         async def guarded() -> Any:
             try:
@@ -108,8 +113,14 @@ class RegistryBot:
                 raise
             except UserFacingError as exc:
                 log.warning("%s failed: %s", what, exc)
+                if tell:
+                    await self.slack.ephemeral(tell[0], tell[1], f"⚠️ {escape(str(exc))}")
             except Exception:
                 log.exception("%s failed unexpectedly", what)
+                if tell:
+                    await self.slack.ephemeral(
+                        tell[0], tell[1], f"⚠️ {what} failed unexpectedly; the bot's log has the details."
+                    )
 
         task = asyncio.create_task(guarded(), name=what)
         self.tasks.add(task)

@@ -29,7 +29,11 @@ def build_web(bot: RegistryBot, bolt: AsyncApp, role: Callable[[], str]) -> Star
     expected = f"Bearer {bot.settings.alertmanager_token.reveal()}".encode()
 
     async def slack_events(request: Request) -> Response:
-        return await slack_handler.handle(request)
+        try:
+            return await slack_handler.handle(request)
+        except Exception as exc:  # Bolt parses the body before anything else: a malformed one raises
+            log.warning("refused a malformed Slack request (%s)", type(exc).__name__)
+            return PlainTextResponse("malformed Slack request\n", status_code=400)
 
     async def alertmanager(request: Request) -> Response:
         given = request.headers.get("authorization", "").encode()

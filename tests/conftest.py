@@ -17,6 +17,24 @@ from tests.peers.registry import ImagePusher, Registry
 
 _names = itertools.count(1)
 
+# Every Slack stand-in of the session is kept, so the leak test can read every payload the bot sent.
+OBSERVED_SLACK: list[Any] = []
+
+
+def _observe_slack() -> None:
+    from tests.peers.slack_api import SlackStandIn
+
+    original = SlackStandIn.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        OBSERVED_SLACK.append(self)
+
+    SlackStandIn.__init__ = init  # type: ignore[method-assign]
+
+
+_observe_slack()
+
 
 @pytest.fixture(scope="session")
 def registry() -> Iterator[Registry]:

@@ -29,13 +29,29 @@ CHANNEL = "C0ALERTS"
 APPROVER, APPROVER2, VIEWER = "U0APPROVER", "U0APPROVER2", "U0VIEWER"
 
 
+# Every bot process of the session, so the leak test can read all their logs at the end.
+OBSERVED_BOTS: list[BotProcess] = []
+# The secret values the suite configures anywhere: none may reach a Slack message or a log line.
+SECRETS = (
+    "pull-token-s3cret",
+    "cleanup-token-s3cret",
+    "weak-token",
+    "wp-token",
+    "gh-token",
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    ALERT_TOKEN,
+)
+
+
 class BotProcess:
     def __init__(self, slack: SlackStandIn, env: dict[str, str], workdir: Path | None = None) -> None:
+        OBSERVED_BOTS.append(self)
         self.slack = slack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="bot-"))
-        self.log_path = self.workdir / "bot.log"
+        self.log_path = self.workdir / f"bot-{len(OBSERVED_BOTS)}.log"
         base = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "VAULT_", "SLACK_", "KUBE"))}
         self.env = {
             **base,

@@ -63,13 +63,15 @@ def build_bolt(bot: RegistryBot) -> AsyncApp:
                 await ack(response_type="ephemeral", text=f"🚫 {exc}")
                 return
             await ack(response_type="ephemeral", text=f"🔎 Checking `{ref}`…")
-            bot.spawn(_once(bot, delivery, bot.command_check(ref, text, user, channel)), f"check {ref}")
+            bot.spawn(
+                _once(bot, delivery, bot.command_check(ref, text, user, channel)), f"check {ref}", (channel, user)
+            )
         elif sub == "scan" and len(words) == 1:
             await ack(response_type="ephemeral", text="🔎 Scanning every tag of every repository…")
-            bot.spawn(_once(bot, delivery, bot.command_scan(user, channel)), "scan")
+            bot.spawn(_once(bot, delivery, bot.command_scan(user, channel)), "scan", (channel, user))
         elif sub == "status" and len(words) == 1:
             await ack(response_type="ephemeral", text="Looking up open incidents…")
-            bot.spawn(_once(bot, delivery, _status(bot, user, channel)), "status")
+            bot.spawn(_once(bot, delivery, _status(bot, user, channel)), "status", (channel, user))
         else:
             await ack(response_type="ephemeral", text=blocks.USAGE)
 
@@ -80,7 +82,7 @@ def build_bolt(bot: RegistryBot) -> AsyncApp:
         if action is None:
             log.warning("a block_actions payload without the fields a click has was ignored")
             return
-        bot.spawn(bot.on_action(action), f"action {action['action_id'][:40]}")
+        bot.spawn(bot.on_action(action), f"action {action['action_id'][:40]}", (action["channel"], action["user"]))
 
     return app
 
