@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck pytest bench demo clean
+.PHONY: setup peers run test lint typecheck pytest bench demo clean
+
+# The real servers the tests and the demo start (each on a free loopback port, stopped afterwards).
+PEER_PACKAGES := docker-registry prometheus prometheus-pushgateway prometheus-alertmanager postgresql strace
 
 setup: $(STAMP)
 
@@ -13,6 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+peers:
+	@missing=""; for bin in docker-registry prometheus prometheus-pushgateway prometheus-alertmanager strace; do \
+	  command -v $$bin >/dev/null || missing="$$missing $$bin"; done; \
+	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends $(PEER_PACKAGES) >/dev/null; \
+	  else echo "missing:$$missing; run: sudo apt-get install $(PEER_PACKAGES)"; exit 1; fi; fi
 
 run: setup
 	$(BIN)/registry-bot serve
@@ -24,14 +36,17 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy bot
 
-pytest: setup
+pytest: setup peers
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
 
-bench: setup
+bench: setup peers
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/ack.py
+
+demo: setup peers
+	$(BIN)/python -m tests.story
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

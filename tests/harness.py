@@ -45,8 +45,16 @@ SECRETS = (
 
 
 class BotProcess:
-    def __init__(self, slack: SlackStandIn, env: dict[str, str], workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        slack: SlackStandIn,
+        env: dict[str, str],
+        workdir: Path | None = None,
+        wrapper: list[str] | None = None,
+    ) -> None:
+        """`wrapper` runs the bot under another command (strace, to record every connection it makes)."""
         OBSERVED_BOTS.append(self)
+        self.wrapper = wrapper or []
         self.slack = slack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -86,7 +94,7 @@ class BotProcess:
     def start(self, wait: bool = True) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [*self.wrapper, sys.executable, "-m", "bot", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         if wait:
             self.wait_healthy()
