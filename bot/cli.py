@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="run the Slack bot")
 
+    shown = commands.add_parser("settings", help="print every setting: its value here (secrets masked), or a table")
+    shown.add_argument("--markdown", action="store_true", help="the README's configuration table")
+
     audit = commands.add_parser("audit", help="print the audit trail")
     audit.add_argument("--since", default="24h", help="how far back: 90s, 30m, 24h, 7d (default 24h)")
     audit.add_argument("--incident", type=int, help="only this incident")
@@ -66,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "scan":
             return _scan(args)
+        if args.command == "settings":
+            return _settings(args)
         if args.command == "audit":
             return _audit(args)
         if args.command == "serve":
@@ -218,3 +223,43 @@ def _audit(args: argparse.Namespace) -> int:
             f"{row['action']:<11} {row['outcome']:<15} {row['detail']}"
         )
     return 0
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from bot.config import Settings, setting_fields
+
+    defaults = Settings()
+    current = defaults if args.markdown else load_settings()
+    if args.markdown:
+        print("| Setting | Default | Meaning |")
+        print("|---|---|---|")
+    for f in setting_fields():
+        if f.name == "images":
+            continue
+        doc = str(f.metadata.get("doc", ""))
+        if args.markdown:
+            default = _show(getattr(defaults, f.name))
+            source = ""
+            if f.metadata.get("secret"):
+                vault = str(f.metadata.get("vault", ""))
+                source = (
+                    " Secret: environment, or Vault"
+                    + (f" (default `{vault}`)" if vault else f" via `{f.name.upper()}_VAULT`")
+                    + "."
+                )
+            print(f"| `{f.name.upper()}` | {default} | {doc}{source} |")
+        else:
+            print(f"{f.name.upper()}={_show(getattr(current, f.name), markdown=False)}")
+    return 0
+
+
+def _show(value: Any, markdown: bool = True) -> str:
+    from bot.config import Secret
+
+    if isinstance(value, Secret):
+        text = "(set)" if value else ""
+    else:
+        text = ",".join(value) if isinstance(value, tuple) else str(value)
+    if markdown:
+        return f"`{text}`" if text else "—"
+    return text
