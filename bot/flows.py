@@ -354,6 +354,7 @@ class RegistryBot:
             return
         if phase in DESTRUCTIVE_PHASES and not await self.guard.is_approver(user):
             await refuse(f"Only approvers may run {TITLES[phase]}: {self.guard.approvers_text()}.", incident.id, phase)
+            await self.thread_reply(incident, f"🚫 <@{user}> asked for {TITLES[phase]}: refused, not an approver.")
             return
         if phase not in self.phases:
             await refuse(f"{TITLES[phase]} is not available on this bot.", incident.id, phase)

@@ -149,6 +149,7 @@ def test_a_non_approver_clicking_rebuild_is_refused_privately_and_audited(bot, s
         lambda s: next((e for e in s.ephemeral if e["user"] == VIEWER and "🚫" in e["text"]), None)
     )
     assert "Only approvers" in refusal["text"]
+    slack.wait_for(lambda s: any("refused, not an approver" in m["text"] for m in s.thread(CHANNEL, root["ts"])))
     audit = bot_audit(bot)
     assert any(e["action"] == "refuse" and e["user"] == VIEWER and e["phase"] == "rebuild" for e in audit)
     assert not any(e["action"] == "start" and e["phase"] == "rebuild" for e in audit)
