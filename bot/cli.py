@@ -193,7 +193,7 @@ def _audit(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
-    store = Store(settings.database_url)
+    store = Store(settings.database)
     try:
         store.migrate()
         events = store.audit_events(since=since, incident_id=args.incident)

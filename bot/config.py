@@ -104,7 +104,11 @@ class Settings:
     bot_port: int = _setting(3000, "Port of /slack/events, /alertmanager, /healthz, /readyz, /metrics.")
     log_format: str = _setting("auto", "json, text, or auto (json in a cluster, text in a terminal).")
     # --- state, approvals ----------------------------------------------------------------------------
-    database_url: str = _setting("sqlite:///registry-bot.db", "SQLAlchemy URL (postgresql+psycopg://... for replicas).")
+    database_url: Secret = _setting(
+        Secret(""),
+        "SQLAlchemy URL, default sqlite:///registry-bot.db; postgresql+psycopg://user:pass@host/db for replicas.",
+        secret=True,
+    )
     approvers: tuple[str, ...] = _setting((), "Slack user IDs allowed to approve rebuilds, restarts and node actions.")
     approver_group: str = _setting("", "Slack user group handle (or ID) whose members may approve.")
     two_person_rule: bool = _setting(False, "A second, different approver must approve each destructive phase.")
@@ -163,6 +167,10 @@ class Settings:
     def all_registry_hosts(self) -> tuple[str, ...]:
         hosts = [self.registry_host, *self.registry_hosts]
         return tuple(dict.fromkeys(h for h in hosts if h))
+
+    @property
+    def database(self) -> str:
+        return self.database_url.reveal() or "sqlite:///registry-bot.db"
 
     @property
     def instance(self) -> str:

@@ -17,7 +17,7 @@ from bot.errors import UserFacingError
 
 log = logging.getLogger("bot.serve")
 REQUIRED = ("registry_url", "slack_bot_token", "slack_signing_secret", "slack_channel", "alertmanager_token")
-START_SECRETS = ("slack_bot_token", "slack_signing_secret", "slack_app_token", "alertmanager_token")
+START_SECRETS = ("slack_bot_token", "slack_signing_secret", "slack_app_token", "alertmanager_token", "database_url")
 
 
 def serve(settings: Settings) -> int:
@@ -34,6 +34,9 @@ def serve(settings: Settings) -> int:
         if f.metadata.get("secret"):
             value = getattr(settings, f.name)
             logsetup.register_secret(value.reveal() if value else "")
+    from urllib.parse import urlsplit
+
+    logsetup.register_secret(urlsplit(settings.database).password or "")
     try:
         asyncio.run(run(settings))
     except UserFacingError as exc:
@@ -67,7 +70,7 @@ async def run(settings: Settings) -> None:
     from bot.slack.gateway import SlackGateway
     from bot.web import build_web
 
-    store = Store(settings.database_url)
+    store = Store(settings.database)
     await asyncio.to_thread(store.migrate)
     slack = SlackGateway(settings.slack_bot_token.reveal(), settings.slack_api_url, settings.slack_retry_for)
     kube = Kube(settings) if kube_configured(settings) else None

@@ -272,6 +272,9 @@ def test_two_replicas_run_each_job_once_and_the_standby_takes_over_from_a_killed
     _image, root = open_incident(world, standby, consumers=False)
     standby.click("registry_rebuild", world.current(root), user=APPROVER)
     world.slack.wait_for(lambda s: any("Verification at" in m["text"] for m in world.thread(root)), timeout=40)
+    time.sleep(3)  # a few probe intervals with both replicas up
+    assert '"probe: ' in leader.logs() or "probe: {" in leader.logs()
+    assert "probe: {" not in standby.logs(), "the standby ran a scan while the leader was alive"
     leader.kill()
     wait_state(world, root, "Resolved", timeout=40)
     assert standby.http.get("/readyz").json()["role"] == "leader"
@@ -279,3 +282,33 @@ def test_two_replicas_run_each_job_once_and_the_standby_takes_over_from_a_killed
     assert len(verifies) == 1
     # one incident, one root message: the periodic scans of two replicas never doubled anything
     assert len([m for m in world.slack.messages(CHANNEL) if IMAGE in m["text"] and not m.get("thread_ts")]) == 1
+
+
+@pytest.mark.parametrize("phase", ["diagnose", "restart", "verify"])
+def test_the_bot_killed_in_any_phase_reports_it_interrupted_after_a_restart(world, phase):
+    world.add_ci(step_seconds=0.1)
+    bot = world.bot(VERIFY_DELAY="1")
+    bot.start()
+    _image, root = open_incident(world, bot)
+    if phase == "restart":
+        world.kube.rollout_seconds = 60.0
+        bot.click("registry_restart", world.current(root), user=APPROVER)
+        marker = "Restart consumers (attempt 1)"
+    elif phase == "verify":
+        bot.click("registry_rebuild", world.current(root), user=APPROVER)
+        wait_state(world, root, "Rebuilt", timeout=40)
+        world.forgejo.tamper("GET", r"/manifests/latest$", delay=30)
+        world.kube.rollout_seconds = 0.1
+        bot.click("registry_restart", world.current(root), user=APPROVER)
+        marker = "Verify (attempt 1)"
+    else:
+        world.forgejo.tamper("GET", r"/manifests/latest$", delay=30)
+        bot.click("registry_diagnose", world.current(root), user=VIEWER)
+        marker = "Diagnose (attempt 2)"
+    world.slack.wait_for(lambda s: any(marker in m["text"] for m in world.thread(root)), timeout=40)
+    bot.kill()
+    world.forgejo.clear_tampering()
+    second = world.bot(VERIFY_DELAY="1")
+    second.start()
+    world.slack.wait_for(lambda s: any("was interrupted" in m["text"] for m in world.thread(root)), timeout=30)
+    assert ("interrupted", phase) in [(e["action"], e["phase"]) for e in audit(second)]

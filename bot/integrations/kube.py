@@ -220,7 +220,7 @@ def explain_api_error(exc: Any, doing: str) -> str:
     status = getattr(exc, "status", 0)
     hint = {
         401: "the bot's credentials were refused",
-        403: "the bot's ServiceAccount lacks that permission (see manifests/rbac.yaml)",
+        403: "the bot's ServiceAccount lacks that permission (see manifests/base/rbac.yaml and overlays/node-actions)",
         404: "it does not exist",
         409: "it changed meanwhile; try again",
         429: "the API server is throttling us",

@@ -30,6 +30,7 @@ def containerd_pod(node: str, image: str) -> dict[str, Any]:
             "hostPID": True,
             "restartPolicy": "Never",
             "tolerations": [{"operator": "Exists"}],
+            "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 5,
             "containers": [
                 {
@@ -105,7 +106,10 @@ async def node(ctx: PhaseContext, progress: Progress) -> PhaseResult:
 
 
 async def evict_all(ctx: PhaseContext, progress: Progress, writer: KubeWriter, target: str) -> None:
-    pods = await writer.pods_to_evict(target)
+    own = (ctx.settings.pod_namespace, ctx.settings.pod_name)
+    # Never evict the replica running this phase: it would kill the drain halfway (containerd's restart
+    # leaves running containers alone, so staying on the node is safe).
+    pods = [pod for pod in await writer.pods_to_evict(target) if pod != own]
     await progress.step("evict", f"Evicting {len(pods)} pod(s) from {target}…")
     deadline = time.monotonic() + ctx.settings.eviction_timeout
     pending = list(pods)
