@@ -312,3 +312,35 @@ def test_the_bot_killed_in_any_phase_reports_it_interrupted_after_a_restart(worl
     second.start()
     world.slack.wait_for(lambda s: any("was interrupted" in m["text"] for m in world.thread(root)), timeout=30)
     assert ("interrupted", phase) in [(e["action"], e["phase"]) for e in audit(second)]
+
+
+def test_pods_still_failing_on_a_node_offer_the_node_fix_which_needs_two_approvers(world):
+    world.add_ci(step_seconds=0.1)
+    bot = world.bot(NODE_ACTIONS="true")
+    bot.start()
+    image, root = open_incident(world, bot)
+    world.kube.add_node("k8s-node2")
+    world.kube.add_pod(
+        "batch",
+        "nightly-report",
+        f"{world.forgejo.host}/{image.reference}",
+        node="k8s-node2",
+        waiting_reason="ImagePullBackOff",
+    )
+    bot.click("registry_restart", world.current(root), user=APPROVER)
+    offer = world.slack.wait_for(
+        lambda s: next((m for m in world.thread(root) if "Drain" in message_text(m)), None), timeout=40
+    )
+    assert buttons(offer) == ["registry_node"]
+    bot.click("registry_node", offer, user=VIEWER)
+    world.slack.wait_for(lambda s: any(e["user"] == VIEWER and "Only approvers" in e["text"] for e in s.ephemeral))
+    bot.click("registry_node", offer, user=APPROVER)
+    ask = world.slack.wait_for(lambda s: next((m for m in world.thread(root) if "asks to run" in m["text"]), None))
+    assert "k8s-node2" in ask["text"]
+    bot.click("registry_approve", ask, user=APPROVER2)
+    world.slack.wait_for(
+        lambda s: any("containerd restarted, node Ready" in m["text"] for m in world.thread(root)), timeout=40
+    )
+    created = [r for r in world.kube.requests if r.verb == "create" and r.resource == "pods" and not r.subresource]
+    assert created and created[0].namespace == "registry-bot"
+    assert not world.kube.get("Node", None, "k8s-node2")["spec"].get("unschedulable")
