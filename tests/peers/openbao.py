@@ -13,21 +13,18 @@ Limitations worth knowing:
 
 from __future__ import annotations
 
-import atexit
 import os
 import secrets
 import shutil
 import socket
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import httpx
+
+from tests.peers.process import ServerProcess
 
 
 def _find_bao() -> str:
@@ -61,57 +58,28 @@ def _free_port_pair() -> int:
     raise RuntimeError("could not find two consecutive free loopback ports")
 
 
-def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "<no log>"
-
-
-class OpenBao:
+class OpenBao(ServerProcess):
     """``with OpenBao() as bao:`` runs ``bao server -dev`` on a free loopback port until the block exits."""
 
+    name = "openbao"
+
     def __init__(self, start_timeout: float = 30.0) -> None:
-        self.start_timeout = start_timeout
+        super().__init__(start_timeout)
         self.root_token = "root-" + secrets.token_hex(16)
-        self.port = 0
         self.addr = ""
-        self._tmpdir: Path | None = None
-        self._log: IO[bytes] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def log_path(self) -> Path:
-        assert self._tmpdir is not None, "server not started"
-        return self._tmpdir / "bao.log"
+        self._bao = ""
 
     def start(self) -> Self:
-        bao = _find_bao()
-        self.port = _free_port_pair()
+        self._bao = _find_bao()
+        return super().start()
+
+    def _pick_port(self) -> int:
+        return _free_port_pair()
+
+    def _server_command(self) -> list[str]:
         self.addr = f"http://127.0.0.1:{self.port}"
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="registry-bot-openbao-"))
-        self._log = self.log_path.open("wb")
-        atexit.register(self.stop)
-        cmd = [
-            bao,
+        return [
+            self._bao,
             "server",
             "-dev",
             f"-dev-root-token-id={self.root_token}",
@@ -119,52 +87,16 @@ class OpenBao:
             # Otherwise the dev server writes the root token into ~/.bao-token.
             "-dev-no-store-token",
         ]
-        self._proc = subprocess.Popen(
-            cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self._tmpdir,
-            env=self._server_env(),
-        )
-        try:
-            self._wait_until(self._is_healthy, "GET /v1/sys/health to report unsealed")
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _server_env(self) -> dict[str, str]:
         # Inherited BAO_*/VAULT_* settings (e.g. a developer's BAO_ADDR or TLS vars) would change how
         # the dev server starts; HOME points into the temp dir so nothing lands in the real home.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
-        env["HOME"] = str(self._tmpdir)
+        env["HOME"] = str(self.tmpdir)
         return env
 
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        if self._proc is not None:
-            _stop_process(self._proc)
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
-
-    def _wait_until(self, ready: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"bao server exited with {self._proc.returncode} before {what}:\n{_log_tail(self.log_path)}"
-                )
-            if ready():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out after {self.start_timeout}s waiting for {what}:\n{_log_tail(self.log_path)}")
+    def _wait_until_ready(self) -> None:
+        self.wait_until(self._is_healthy, "GET /v1/sys/health to report unsealed")
 
     def _is_healthy(self) -> bool:
         try:

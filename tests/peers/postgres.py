@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import psycopg
 from psycopg import sql
+
+from tests.peers.process import ServerProcess
 
 _SERVICE_USER = "postgres"
 
@@ -40,21 +37,7 @@ def _find_pg_bindir() -> Path:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "<no log>"
-
-
-class Postgres:
+class Postgres(ServerProcess):
     """``with Postgres() as pg:`` runs a private ``postgres`` on 127.0.0.1:<free port>.
 
     PostgreSQL refuses to run as root, so under root the cluster belongs to the ``postgres`` system user and
@@ -62,26 +45,17 @@ class Postgres:
     setuid/setgid in the child with no ``runuser``/PAM process in between, so signals reach postgres itself).
     """
 
+    name = "postgres"
+    # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") would wait for every client
+    # (e.g. a test's SQLAlchemy pool) to disconnect first.
+    stop_signal = signal.SIGINT
+    stop_timeout = 15.0
+
     def __init__(self, start_timeout: float = 30.0) -> None:
-        self.start_timeout = start_timeout
-        self.port = 0
+        super().__init__(start_timeout)
         self.url = ""
-        self._tmpdir: Path | None = None
-        self._log: IO[bytes] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def log_path(self) -> Path:
-        assert self._tmpdir is not None, "server not started"
-        return self._tmpdir / "postgres.log"
+        self._bindir = Path()
+        self._run_as_options: dict[str, Any] = {}
 
     def url_for(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -102,92 +76,75 @@ class Postgres:
         return {"user": _SERVICE_USER, "group": _SERVICE_USER, "extra_groups": []}
 
     def start(self) -> Self:
-        bindir = _find_pg_bindir()
-        run_as = self._run_as()
-        self._tmpdir = Path(tempfile.mkdtemp(prefix="registry-bot-postgres-"))
-        atexit.register(self.stop)
-        datadir = self._tmpdir / "data"
-        sockdir = self._tmpdir / "sock"
+        self._bindir = _find_pg_bindir()
+        self._run_as_options = self._run_as()
+        return super().start()
+
+    def _server_popen_options(self) -> dict[str, Any]:
+        return self._run_as_options
+
+    def _prepare(self, tmpdir: Path) -> None:
+        datadir = tmpdir / "data"
+        sockdir = tmpdir / "sock"
         datadir.mkdir(mode=0o700)
         sockdir.mkdir(mode=0o700)
         self.log_path.touch()
-        if run_as:
+        if self._run_as_options:
             service = pwd.getpwnam(_SERVICE_USER)
-            for path in (self._tmpdir, datadir, sockdir, self.log_path):
+            for path in (tmpdir, datadir, sockdir, self.log_path):
                 os.chown(path, service.pw_uid, service.pw_gid)
-        # Launch from the temp dir: the service user may not be allowed into the caller's cwd.
-        common: dict[str, Any] = {"cwd": self._tmpdir, "stdin": subprocess.DEVNULL, **run_as}
-        try:
-            initdb = subprocess.run(
-                [
-                    str(bindir / "initdb"),
-                    f"--pgdata={datadir}",
-                    "--username=postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                    "--no-instructions",
-                ],
-                capture_output=True,
-                check=False,
-                **common,
+        initdb = subprocess.run(
+            [
+                str(self._bindir / "initdb"),
+                f"--pgdata={datadir}",
+                "--username=postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            check=False,
+            # Launch from the temp dir (ServerProcess does so for postgres too): the service user may not be
+            # allowed into the caller's cwd.
+            cwd=tmpdir,
+            stdin=subprocess.DEVNULL,
+            **self._run_as_options,
+        )
+        if initdb.returncode != 0:
+            raise RuntimeError(
+                f"initdb failed ({initdb.returncode}):\n{initdb.stdout.decode()}{initdb.stderr.decode()}"
             )
-            if initdb.returncode != 0:
-                raise RuntimeError(
-                    f"initdb failed ({initdb.returncode}):\n{initdb.stdout.decode()}{initdb.stderr.decode()}"
-                )
-            self.port = _free_port()
-            self.url = self.url_for("postgres")
-            self._log = self.log_path.open("ab")
-            self._proc = subprocess.Popen(
-                [
-                    str(bindir / "postgres"),
-                    "-D",
-                    str(datadir),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"port={self.port}",
-                    "-c",
-                    f"unix_socket_directories={sockdir}",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                ],
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                **common,
-            )
-            self._wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+
+    def _server_command(self) -> list[str]:
+        assert self.tmpdir is not None
+        self.url = self.url_for("postgres")
+        return [
+            str(self._bindir / "postgres"),
+            "-D",
+            str(self.tmpdir / "data"),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"unix_socket_directories={self.tmpdir / 'sock'}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]
 
     def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"postgres exited with {self._proc.returncode} during startup:\n{_log_tail(self.log_path)}"
-                )
-            try:
-                with psycopg.connect(self._conninfo()) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.OperationalError as exc:
-                last_error = exc
-                time.sleep(0.1)
-        raise RuntimeError(
-            f"postgres did not accept connections within {self.start_timeout}s ({last_error}):\n"
-            f"{_log_tail(self.log_path)}"
-        )
+        self.wait_until(self._accepts_connections, "postgres to accept connections", (psycopg.OperationalError,))
+
+    def _accepts_connections(self) -> bool:
+        with psycopg.connect(self._conninfo()) as conn:
+            conn.execute("SELECT 1")
+        return True
 
     def create_database(self, name: str) -> str:
         """``CREATE DATABASE name`` and return its SQLAlchemy URL."""
@@ -197,23 +154,3 @@ class Postgres:
         with psycopg.connect(self._conninfo(), autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
-
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") would wait for every client
-                # (e.g. a test's SQLAlchemy pool) to disconnect first.
-                self._proc.send_signal(signal.SIGINT)
-                try:
-                    self._proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(10)
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None

@@ -10,22 +10,19 @@ config, state and log in a private temp dir. Wire them as the cluster does::
 
 from __future__ import annotations
 
-import atexit
 import base64
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
 import yaml
+
+from tests.peers.process import ServerProcess
 
 PROBE_JOB = "forgejo-integrity-probe"
 CLUSTER_RULE_NAMES = (
@@ -135,13 +132,6 @@ def _require_binary(name: str, package: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll ``condition`` until it returns something truthy and return that."""
     deadline = time.monotonic() + timeout
@@ -154,7 +144,7 @@ def _wait_for(condition: Callable[[], Any], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
-class _Server:
+class _Server(ServerProcess):
     """A binary on 127.0.0.1:<free port> with files in a temp dir; subclasses supply the command line."""
 
     binary = ""
@@ -162,91 +152,38 @@ class _Server:
     ready_path = "/-/ready"
 
     def __init__(self, start_timeout: float = 30.0) -> None:
-        self.start_timeout = start_timeout
-        self.port = 0
+        super().__init__(start_timeout)
+        self.name = self.binary
         self.url = ""
-        self.tmpdir: Path | None = None
-        self._log: IO[bytes] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        self._binary_path = ""
 
     @property
     def host_port(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        assert self.tmpdir is not None, "server not started"
-        return self.tmpdir / f"{self.binary}.log"
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except (OSError, AssertionError):
-            return "<no log>"
-
     def _command(self, binary: str, tmpdir: Path) -> list[str]:
         raise NotImplementedError
 
     def start(self) -> Self:
-        binary = _require_binary(self.binary, self.package)
-        self.tmpdir = Path(tempfile.mkdtemp(prefix=f"registry-bot-{self.binary}-"))
-        atexit.register(self.stop)
-        self.port = _free_port()
+        self._binary_path = _require_binary(self.binary, self.package)
+        return super().start()
+
+    def _server_command(self) -> list[str]:
+        assert self.tmpdir is not None
         self.url = f"http://{self.host_port}"
-        try:
-            command = self._command(binary, self.tmpdir)
-            self._log = self.log_path.open("wb")
-            self._proc = subprocess.Popen(
-                command,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.tmpdir,
-                env=_loopback_env(),
-            )
-            _wait_for(self._ready, self.start_timeout, f"{self.binary} to answer {self.ready_path}", 0.1)
-        except BaseException as exc:
-            tail = self.log_tail()
-            self.stop()
-            if isinstance(exc, TimeoutError | RuntimeError):
-                raise RuntimeError(f"{self.binary} failed to start: {exc}\n{tail}") from exc
-            raise
-        return self
+        return self._command(self._binary_path, self.tmpdir)
+
+    def _server_env(self) -> dict[str, str]:
+        return _loopback_env()
+
+    def _wait_until_ready(self) -> None:
+        self.wait_until(self._ready, f"{self.binary} to answer {self.ready_path}")
 
     def _ready(self) -> bool:
-        assert self._proc is not None
-        if self._proc.poll() is not None:
-            raise RuntimeError(f"{self.binary} exited with {self._proc.returncode}")
         try:
             return httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200
         except httpx.TransportError:
             return False
-
-    def stop(self) -> None:
-        atexit.unregister(self.stop)
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(10)
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
 
 
 def _loopback_env() -> dict[str, str]:
