@@ -55,6 +55,9 @@ ACTION_PHASE = {
     "registry_verify_now": "verify",
     "registry_node": "node",
 }
+VERIFY_RETRY = 300.0  # seconds: a verification that could not conclude, or could not start, runs again
+# The state to return to when a phase leaves its during-state without naming one (a dry run).
+STATE_BEFORE = {"rebuilding": "diagnosed", "restarting": "rebuilt"}
 # The incident's state while a phase runs, after it succeeds, after it fails (None: leave it).
 STATE_FLOW: dict[str, tuple[str | None, str | None, str | None]] = {
     "diagnose": (None, "diagnosed", None),
@@ -62,6 +65,26 @@ STATE_FLOW: dict[str, tuple[str | None, str | None, str | None]] = {
     "restart": ("restarting", "restarted", "failed"),
     "node": ("restarting", "restarted", "failed"),
     "verify": (None, "resolved", "still_broken"),
+}
+OPEN_STATES = (
+    "open",
+    "diagnosed",
+    "rebuilding",
+    "rebuilt",
+    "restarting",
+    "restarted",
+    "verifying",
+    "still_broken",
+    "failed",
+)
+AFTER_FIX = ("rebuilt", "restarted", "verifying", "still_broken", "failed")
+# Where a person may start each phase (the buttons shown follow this; the server enforces it too).
+PHASE_STATES: dict[str, tuple[str, ...]] = {
+    "diagnose": OPEN_STATES,
+    "rebuild": ("open", "diagnosed", *AFTER_FIX),
+    "restart": ("open", "diagnosed", *AFTER_FIX),
+    "node": AFTER_FIX,
+    "verify": AFTER_FIX,
 }
 _ID = re.compile(r"^[0-9]{1,12}$")
 _NODE_VALUE = re.compile(r"^([0-9]{1,12}):([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$")
@@ -93,8 +116,9 @@ class RegistryBot:
         self.running_runs: dict[int, asyncio.Task[Any]] = {}
         self._root_locks: dict[int, asyncio.Lock] = {}
         self._detect_lock = asyncio.Lock()
-        self.on_fixed: Callable[[Incident], Awaitable[Any]] | None = None  # schedules verification
+        self.on_fixed: Callable[..., Awaitable[Any]] | None = None  # schedules verification (incident, delay)
         self.registry_observer = _observe_registry
+        self.is_leader: Callable[[], bool] = lambda: True  # the Leadership replaces it
 
     # --- plumbing -------------------------------------------------------------------------------------
 
@@ -248,7 +272,8 @@ class RegistryBot:
                     )
                     return []
                 for result in scan.broken:
-                    opened.append(await self.report_broken(result, source))
+                    if (confirmed := await self.confirm_broken(result)) is not None:
+                        opened.append(await self.report_broken(confirmed, source))
                 return opened
             for repo, tag in candidates:
                 try:
@@ -263,6 +288,16 @@ class RegistryBot:
                     log.info("probe reported %s, but our check says %s", result.reference, result.status)
             return opened
 
+    async def confirm_broken(self, result: CheckResult) -> CheckResult | None:
+        """Walk a tag a scan found broken once more, fresh, a moment later: a passing 5xx opens no incident."""
+        await asyncio.sleep(1.0)
+        name, _, tag = result.reference.rpartition(":")
+        again = await self.checker_run(ImageRef(name=name, tag=tag), result.reference)
+        if again.status != "broken":
+            log.info("%s looked broken in the scan but is %s on a second look", result.reference, again.status)
+            return None
+        return again
+
     async def note_resolved(self, alertname: str) -> None:
         for incident in await self.db(self.store.list_open):
             if incident.registry_host == self.settings.registry_host:
@@ -275,7 +310,8 @@ class RegistryBot:
         display = f"{ref.name}:{ref.tag}" if ref.tag else str(ref)
         result = await self.checker_run(ref, display)
         await self.audit("check", result.status, user=user, detail=display)
-        if result.status == "broken" and ref.tag:
+        by_tag = ref.tag is not None and ref.digest is None
+        if result.status == "broken" and by_tag:
             incident = await self.report_broken(result, "command", user)
             link = self.slack.permalink(incident.channel or "", incident.root_ts or "")
             if channel != incident.channel:
@@ -286,7 +322,7 @@ class RegistryBot:
             return
         text_, message = blocks.check_message(result, user)
         await self.slack.post(channel, text_, message)
-        if ref.tag:
+        if by_tag:
             open_incident = await self.db(self.store.find_open, self.settings.registry_host, display)
             if open_incident is not None and result.status == "intact":
                 await self.thread_reply(open_incident, f"ℹ️ `/registry check` by <@{user}>: intact now.")
@@ -298,7 +334,8 @@ class RegistryBot:
         text, message = blocks.scan_summary(scan.summary(), user, refs)
         await self.slack.post(channel, text, message)
         for result in scan.broken:
-            await self.report_broken(result, "scan", user)
+            if (confirmed := await self.confirm_broken(result)) is not None:
+                await self.report_broken(confirmed, "scan", user)
         return scan
 
     async def status_text(self) -> str:
@@ -352,6 +389,9 @@ class RegistryBot:
         if incident.state == "resolved":
             await self.slack.ephemeral(channel, user, f"Incident #{incident.id} is already resolved.")
             return
+        if incident.state not in PHASE_STATES[phase]:
+            await refuse(f"{TITLES[phase]} does not apply while the incident is {incident.state}.", incident.id, phase)
+            return
         if phase in DESTRUCTIVE_PHASES and not await self.guard.is_approver(user):
             await refuse(f"Only approvers may run {TITLES[phase]}: {self.guard.approvers_text()}.", incident.id, phase)
             await self.thread_reply(incident, f"🚫 <@{user}> asked for {TITLES[phase]}: refused, not an approver.")
@@ -363,6 +403,19 @@ class RegistryBot:
 
     async def request_phase(self, incident: Incident, phase: str, user: str, target: str | None = None) -> None:
         if self.guard.needs_two_people(phase):
+            pending = [
+                r
+                for r in await self.db(self.store.pending_approvals, incident.id)
+                if (r.phase, r.target) == (phase, target)
+            ]
+            if pending:
+                await self.slack.ephemeral(
+                    incident.channel or self.settings.slack_channel,
+                    user,
+                    f"⏳ <@{pending[0].requested_by}> already asked for {TITLES[phase]}; "
+                    "it waits for a second approver.",
+                )
+                return
             ttl = timedelta(seconds=self.settings.approval_ttl)
             request = await self.db(self.store.create_approval, incident.id, phase, user, ttl, target)
             await self.audit(
@@ -400,6 +453,13 @@ class RegistryBot:
             return
         if not await self.guard.is_approver(user):
             await refuse(f"Only approvers may answer: {self.guard.approvers_text()}.", incident.id, request.phase)
+            return
+        if approve and incident.state not in PHASE_STATES[request.phase]:
+            await refuse(
+                f"{TITLES[request.phase]} no longer applies: the incident is {incident.state}.",
+                incident.id,
+                request.phase,
+            )
             return
         answer = await self.db(self.store.answer_approval, request.id, user, approve)
         what = TITLES[request.phase] + (f" on {request.target}" if request.target else "")
@@ -533,13 +593,34 @@ class RegistryBot:
             )
         seconds = time.monotonic() - started
         outcome = "succeeded" if result.ok else "failed"
-        await self.db(self.store.update_run, run.id, steps=json.dumps(progress.steps and list(progress.steps.values())))
-        await self.db(
-            self.store.finish_phase,
+        dry = self.settings.dry_run and phase in DESTRUCTIVE_PHASES
+        fields = {"status_note": "", "clicked": "{}"}
+        next_state = None if dry else result.state or (after_ok if result.ok else after_fail)
+        current = (await self.db(self.store.get, incident_id)).state
+        if phase == "diagnose" and current not in ("open", "diagnosed"):
+            next_state = current  # a diagnosis never moves an incident backwards
+        if next_state is None and during:
+            next_state = current if current != during else STATE_BEFORE.get(during, "diagnosed")
+        if next_state:
+            fields["state"] = next_state
+        if not result.ok and next_state == "failed":
+            fields["failure_reason"] = f"{TITLES[phase]} failed: {result.summary}"
+        if next_state in ("still_broken", "verifying") and not result.ok:
+            fields["status_note"] = escape(result.summary[:300])
+        if "consumers" in result.data:
+            fields["consumers"] = json.dumps(result.data["consumers"])
+        if result.ok and not dry and phase in ("rebuild", "restart", "node"):
+            fields["fixed_at"] = datetime.now(UTC)
+        check = result.data.get("check") if isinstance(result.data.get("check"), CheckResult) else None
+        # The run's end and the incident's next state are one transaction: nothing is left half-recorded.
+        incident = await self.db(
+            self.store.complete_phase,
             run.id,
             outcome,
-            result.summary if result.ok else None,
-            None if result.ok else result.summary,
+            result.summary,
+            json.dumps(list(progress.steps.values())),
+            fields,
+            check,
         )
         metrics.PHASE_RUNS.labels(phase=phase, outcome=outcome).inc()
         metrics.PHASE_SECONDS.labels(phase=phase, outcome=outcome).observe(seconds)
@@ -551,6 +632,20 @@ class RegistryBot:
             phase=phase,
             detail=result.summary,
         )
+        try:
+            await self._report_result(incident, phase, result, progress, seconds)
+        except Exception:
+            log.exception("reporting the end of %s of incident %s failed", phase, incident_id)
+        if self.on_fixed is not None and not dry:
+            if result.ok and result.data.get("schedule_verification"):
+                await self.on_fixed(incident)
+            elif phase == "verify" and next_state == "verifying":
+                await self.on_fixed(incident, VERIFY_RETRY)  # could not verify: try again later
+        return result
+
+    async def _report_result(
+        self, incident: Incident, phase: str, result: PhaseResult, progress: SlackProgress, seconds: float
+    ) -> None:
         icon = "✅" if result.ok else "❌"
         progress.set_footer(f"{icon} {'Done' if result.ok else 'Failed'} in {_duration(seconds)}")
         await progress.flush()
@@ -558,34 +653,12 @@ class RegistryBot:
         if result.details:
             reply += "\n" + "\n".join(f"> {escape(line)}" for line in result.details[:20])
         await self.thread_reply(incident, reply)
-
-        fields = {"status_note": "", "clicked": "{}"}
-        next_state = result.state or (after_ok if result.ok else after_fail)
-        current = (await self.db(self.store.get, incident_id)).state
-        if phase == "diagnose" and current not in ("open", "diagnosed"):
-            next_state = None  # a diagnosis never moves an incident backwards
-        if next_state:
-            fields["state"] = next_state
-        if not result.ok and next_state == "failed":
-            fields["failure_reason"] = f"{TITLES[phase]} failed: {result.summary}"
-        if next_state in ("still_broken", "verifying") and not result.ok:
-            fields["status_note"] = result.summary[:300]
-        if "check" in result.data and isinstance(result.data["check"], CheckResult):
-            await self.db(self.store.apply_check, incident_id, result.data["check"])
-        if "consumers" in result.data:
-            fields["consumers"] = json.dumps(result.data["consumers"])
-        if result.ok and phase in ("rebuild", "restart", "node"):
-            fields["fixed_at"] = datetime.now(UTC)
-        incident = await self.db(self.store.update, incident_id, **fields)
-        await self.refresh_root(incident_id)
+        await self.refresh_root(incident.id)
         await self.update_metrics()
         nodes = result.data.get("nodes") or []
         if phase == "restart" and nodes and self.settings.node_actions:
-            text, message = blocks.node_offer(incident_id, nodes)
+            text, message = blocks.node_offer(incident.id, nodes)
             await self.thread_reply(incident, text, message)
-        if result.ok and self.on_fixed is not None and result.data.get("schedule_verification"):
-            await self.on_fixed(incident)
-        return result
 
     # --- verification and the bot's own probe -----------------------------------------------------------
 
@@ -601,7 +674,9 @@ class RegistryBot:
         if incident is None or incident.state == "resolved":
             log.info("verification of incident %s skipped: %s", incident_id, "resolved" if incident else "gone")
             return
-        await self.start_phase(incident, "verify", requested_by=requested_by, approved_by=None)
+        started = await self.start_phase(incident, "verify", requested_by=requested_by, approved_by=None)
+        if started is None and self.on_fixed is not None:
+            await self.on_fixed(incident, 60.0)  # another phase runs now: verify a minute later
 
     async def probe_once(self) -> ScanResult:
         """The bot's own probe: a full scan, exported under the probe's metric names, incidents for what broke."""
@@ -616,14 +691,24 @@ class RegistryBot:
             metrics.PROBE_INDEXES.labels(instance=instance).set(summary["indexes"])
         metrics.PROBE_LAST_RUN.labels(instance=instance).set(time.time())
         for result in scan.broken:
-            await self.report_broken(result, "probe")
+            if (confirmed := await self.confirm_broken(result)) is not None:
+                await self.report_broken(confirmed, "probe")
         log.info("probe: %s", {k: summary[k] for k in ("tags", "broken", "errors", "elapsed_ms") if k in summary})
         return scan
 
     # --- crash safety ----------------------------------------------------------------------------------
 
+    async def heartbeats(self) -> None:
+        """Only the database: a Slack outage must never stop them (others would think our phases died)."""
+        while True:
+            try:
+                await self.db(self.store.heartbeat, list(self.running_runs))
+            except Exception as exc:
+                log.warning("heartbeat not written: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
     async def maintain(self) -> None:
-        """Heartbeats for our running phases; interrupted phases and expired approvals reported."""
+        """Interrupted phases, expired approvals, incidents left behind: found here, reported in the background."""
         interval = self.settings.heartbeat_interval
         while True:
             try:
@@ -635,22 +720,51 @@ class RegistryBot:
             await asyncio.sleep(interval)
 
     async def maintain_once(self) -> None:
-        await self.db(self.store.heartbeat, list(self.running_runs))
         stale_after = timedelta(seconds=self.settings.heartbeat_interval * 3 + 5)
         for run in await self.db(self.store.claim_interrupted, stale_after):
-            await self.report_interrupted(run)
+            self.spawn(self.report_interrupted(run), f"reporting interrupted run {run.id}")
         for request in await self.db(self.store.expire_approvals):
-            incident = await self.db(self.store.get, request.incident_id)
-            await self.audit(
-                "expire",
-                "expired",
-                incident_id=request.incident_id,
-                phase=request.phase,
-                detail=f"approval request #{request.id} by {request.requested_by}",
-            )
-            if incident and request.message_ts:
-                text, message = blocks.approval_answered(request, TITLES[request.phase])
-                await self.slack.update(incident.channel or "", request.message_ts, text, message)
+            self.spawn(self.report_expired(request), f"reporting expired approval {request.id}")
+        if self.is_leader():
+            for incident in await self.db(self.store.list_open):
+                if not incident.root_ts and incident.created_at < datetime.now(UTC) - timedelta(seconds=30):
+                    self.spawn(self.post_missing_root(incident.id), f"posting incident {incident.id}")
+            for incident in await self.db(self.store.stranded, tuple(STATE_BEFORE)):
+                self.spawn(self.report_stranded(incident), f"repairing incident {incident.id}")
+            await self.db(self.store.forget_deliveries, timedelta(days=2))
+
+    async def report_expired(self, request: Any) -> None:
+        incident = await self.db(self.store.get, request.incident_id)
+        await self.audit(
+            "expire",
+            "expired",
+            incident_id=request.incident_id,
+            phase=request.phase,
+            detail=f"approval request #{request.id} by {request.requested_by}",
+        )
+        if incident and request.message_ts:
+            text, message = blocks.approval_answered(request, TITLES[request.phase])
+            await self.slack.update(incident.channel or "", request.message_ts, text, message)
+
+    async def post_missing_root(self, incident_id: int) -> None:
+        """An incident whose root message never reached Slack (Slack down past the retries): post it now."""
+        incident = await self.db(self.store.get, incident_id)
+        if incident is None or incident.root_ts:
+            return
+        text, message = blocks.incident_message(incident)
+        posted = await self.slack.post(incident.channel or self.settings.slack_channel, text, message)
+        if posted is not None:
+            await self.db(self.store.update, incident.id, root_ts=posted.ts, channel=posted.channel)
+
+    async def report_stranded(self, incident: Incident) -> None:
+        """An incident left in a during-phase state with no phase running (its run ended unrecorded)."""
+        reason = f"{blocks.STATE_LABEL.get(incident.state, incident.state)} ended without a recorded result."
+        await self.db(
+            self.store.update, incident.id, state="failed", failure_reason=reason, status_note="", clicked="{}"
+        )
+        await self.audit("repair", "failed", incident_id=incident.id, detail=reason)
+        await self.thread_reply(incident, f"⚠️ {reason} Check the steps above, then run the phase again.")
+        await self.refresh_root(incident.id)
 
     async def report_interrupted(self, run: PhaseRun) -> None:
         title = TITLES.get(run.phase, run.phase)

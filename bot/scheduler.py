@@ -64,6 +64,7 @@ class Leadership:
         self._writer = self._scheduler(paused=True)
         self._loop_task = asyncio.create_task(self._loop(), name="leader election")
         self.bot.on_fixed = self.schedule_verification
+        self.bot.is_leader = lambda: self.is_leader
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -85,16 +86,18 @@ class Leadership:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+        # Its own engine: the job store disposes the engine it holds when its scheduler shuts down.
         scheduler = AsyncIOScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.bot.store.engine)},
+            jobstores={"default": SQLAlchemyJobStore(url=self.settings.database)},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone=UTC,
         )
         scheduler.start(paused=paused)
         return scheduler
 
-    async def schedule_verification(self, incident: Incident) -> datetime:
-        when = datetime.now(UTC) + timedelta(seconds=self.settings.verify_delay)
+    async def schedule_verification(self, incident: Incident, delay: float | None = None) -> datetime:
+        """Verify `incident` after VERIFY_DELAY (or `delay`), on whichever replica leads then."""
+        when = datetime.now(UTC) + timedelta(seconds=self.settings.verify_delay if delay is None else delay)
         await asyncio.to_thread(
             self._writer.add_job,
             verification_job,

@@ -79,6 +79,7 @@ async def run(settings: Settings) -> None:
     bolt = build_bolt(bot)
     web = build_web(bot, bolt, leadership.role)
     bot.spawn(slack.identify(), "identifying the bot with Slack")
+    bot.spawn(bot.heartbeats(), "heartbeats")
     bot.spawn(bot.maintain(), "maintenance")
     socket_mode = None
     if settings.slack_app_token:

@@ -320,12 +320,14 @@ def test_pods_still_failing_on_a_node_offer_the_node_fix_which_needs_two_approve
     bot.start()
     image, root = open_incident(world, bot)
     world.kube.add_node("k8s-node2")
+    world.kube.add_statefulset("batch", "reporter", "docker.io/library/busybox:1.36")
     world.kube.add_pod(
         "batch",
-        "nightly-report",
+        "reporter-0",
         f"{world.forgejo.host}/{image.reference}",
         node="k8s-node2",
         waiting_reason="ImagePullBackOff",
+        owner=("StatefulSet", "reporter"),
     )
     bot.click("registry_restart", world.current(root), user=APPROVER)
     offer = world.slack.wait_for(
@@ -344,3 +346,15 @@ def test_pods_still_failing_on_a_node_offer_the_node_fix_which_needs_two_approve
     created = [r for r in world.kube.requests if r.verb == "create" and r.resource == "pods" and not r.subresource]
     assert created and created[0].namespace == "registry-bot"
     assert not world.kube.get("Node", None, "k8s-node2")["spec"].get("unschedulable")
+
+
+def test_a_second_request_for_the_same_phase_reuses_the_pending_one(world):
+    world.add_ci()
+    bot = world.bot(TWO_PERSON_RULE="true")
+    bot.start()
+    _image, root = open_incident(world, bot)
+    bot.click("registry_rebuild", world.current(root), user=APPROVER)
+    world.slack.wait_for(lambda s: any("asks to run" in m["text"] for m in world.thread(root)))
+    bot.click("registry_rebuild", world.current(root), user=APPROVER2)
+    world.slack.wait_for(lambda s: any("waits for a second approver" in e["text"] for e in s.ephemeral))
+    assert sum("asks to run" in m["text"] for m in world.thread(root)) == 1

@@ -114,6 +114,16 @@ def run_phase(fn, cluster: Cluster, incident: Incident, settings: Settings | Non
     return result, progress
 
 
+async def pipeline_started(cluster: Cluster) -> None:
+    """Woodpecker faults are injected mid-pipeline: after the bot started one."""
+    for _ in range(200):
+        if cluster.woodpecker.requests_to("POST", r"/pipelines$"):
+            await asyncio.sleep(0.2)
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no pipeline was started")
+
+
 def texts(progress: RecordingProgress) -> str:
     return "\n".join(f"[{s['state']}] {s['text']}" for s in progress.lines())
 
@@ -191,7 +201,7 @@ def test_woodpecker_down_mid_pipeline_fails_clearly_after_the_grace(cluster):
     cluster.woodpecker.add_repo("viktor", "payslip-ingest", branches=("master",), step_seconds=1.0)
 
     async def go_down_soon():
-        await asyncio.sleep(0.3)
+        await pipeline_started(cluster)
         cluster.woodpecker.go_down()
 
     settings = cluster.settings(ci_unreachable_grace=1.0)
@@ -216,7 +226,7 @@ def test_woodpecker_down_briefly_is_waited_out(cluster):
     )
 
     async def blip():
-        await asyncio.sleep(0.2)
+        await pipeline_started(cluster)
         cluster.woodpecker.go_down("502")
         await asyncio.sleep(0.6)
         cluster.woodpecker.come_back()
@@ -363,7 +373,10 @@ def test_pods_still_failing_on_a_node_are_named_for_the_node_fix(cluster):
 def test_the_node_fix_cordons_evicts_restarts_containerd_and_uncordons(cluster):
     image = broken(cluster)
     cluster.kube.add_node("k8s-node3")
-    cluster.kube.add_pod("payroll", "web-1", "nginx", node="k8s-node3", labels={"app": "web"})
+    cluster.kube.add_deployment("payroll", "web", "nginx", replicas=1)
+    cluster.kube.add_pod(
+        "payroll", "web-1", "nginx", node="k8s-node3", labels={"app": "web"}, owner=("Deployment", "web")
+    )
     cluster.kube.add_pdb("payroll", "web", {"app": "web"}, disruptions_allowed=1)
     result, progress = run_phase(node, cluster, incident_for(cluster, image), target="k8s-node3")
     assert result.ok, texts(progress)
@@ -379,7 +392,10 @@ def test_the_node_fix_cordons_evicts_restarts_containerd_and_uncordons(cluster):
 def test_evictions_refused_by_a_pdb_are_retried_then_fail_leaving_the_node_cordoned(cluster):
     image = broken(cluster)
     cluster.kube.add_node("k8s-node3")
-    cluster.kube.add_pod("payroll", "web-1", "nginx", node="k8s-node3", labels={"app": "web"})
+    cluster.kube.add_deployment("payroll", "web", "nginx", replicas=1)
+    cluster.kube.add_pod(
+        "payroll", "web-1", "nginx", node="k8s-node3", labels={"app": "web"}, owner=("Deployment", "web")
+    )
     cluster.kube.add_pdb("payroll", "web", {"app": "web"}, disruptions_allowed=0)
     settings = cluster.settings(eviction_timeout=1.0)
     result, _ = run_phase(node, cluster, incident_for(cluster, image), settings, target="k8s-node3")
@@ -395,3 +411,12 @@ def test_node_actions_are_off_unless_enabled(cluster):
     )
     assert not result.ok and "NODE_ACTIONS" in result.summary
     assert cluster.kube.requests == []
+
+
+def test_a_pod_without_a_controller_stops_the_drain_before_it_touches_the_node(cluster):
+    image = broken(cluster)
+    cluster.kube.add_node("k8s-node3")
+    cluster.kube.add_pod("payroll", "hand-made", "nginx", node="k8s-node3")
+    result, _ = run_phase(node, cluster, incident_for(cluster, image), target="k8s-node3")
+    assert not result.ok and "payroll/hand-made" in result.summary and "not touched" in result.summary
+    assert not [r for r in cluster.kube.requests if r.verb in ("patch", "create")]

@@ -157,10 +157,7 @@ class Store:
             incident = session.get(Incident, incident_id)
             if incident is None:
                 raise KeyError(incident_id)
-            for name, value in fields.items():
-                setattr(incident, name, value)
-            if fields.get("state") == "resolved":
-                incident.open_key = None
+            _update_incident(session, incident, fields)
             return incident
 
     def apply_check(self, incident_id: int, result: CheckResult) -> Incident:
@@ -277,6 +274,50 @@ class Store:
             run.finished_at = now
             run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
             return run
+
+    def complete_phase(
+        self,
+        run_id: int,
+        status: str,
+        summary: str,
+        steps: str,
+        fields: dict[str, Any],
+        check: CheckResult | None = None,
+    ) -> Incident:
+        """End a run and move its incident in one transaction, so neither is left half-recorded."""
+        with self._tx() as session:
+            run = session.get(PhaseRun, run_id)
+            if run is None:
+                raise KeyError(run_id)
+            now = utcnow()
+            run.status = status
+            run.result = summary if status == "succeeded" else None
+            run.error = None if status == "succeeded" else summary
+            run.steps = steps
+            run.finished_at = now
+            run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
+            incident = session.get(Incident, run.incident_id)
+            if incident is None:
+                raise KeyError(run.incident_id)
+            if check is not None:
+                _apply_result(incident, check)
+            _update_incident(session, incident, fields)
+            return incident
+
+    def stranded(self, during_states: tuple[str, ...]) -> list[Incident]:
+        """Open incidents in a during-phase state (rebuilding, restarting) with no phase running."""
+        with self._tx() as session:
+            running = select(PhaseRun.incident_id).where(PhaseRun.status == "running")
+            return list(
+                session.scalars(
+                    select(Incident).where(
+                        Incident.open_key.is_not(None),
+                        Incident.state.in_(during_states),
+                        Incident.id.not_in(running),
+                        Incident.updated_at < utcnow() - timedelta(seconds=60),
+                    )
+                )
+            )
 
     def claim_interrupted(self, stale_after: timedelta) -> list[PhaseRun]:
         """Mark running phases whose heartbeat stopped as interrupted, and return them (each once)."""
@@ -445,6 +486,19 @@ class Store:
     def release_lead(self, name: str, holder: str) -> None:
         with self._tx() as session:
             session.execute(delete(LeaderLock).where(LeaderLock.name == name, LeaderLock.holder == holder))
+
+
+def _update_incident(session: Session, incident: Incident, fields: dict[str, Any]) -> None:
+    for name, value in fields.items():
+        setattr(incident, name, value)
+    if fields.get("state") == "resolved":
+        # Closed: a new break of the same image opens a new incident; pending approvals lapse with it.
+        incident.open_key = None
+        session.execute(
+            update(ApprovalRequest)
+            .where(ApprovalRequest.incident_id == incident.id, ApprovalRequest.status == "pending")
+            .values(status="expired", answered_at=utcnow())
+        )
 
 
 def _apply_result(incident: Incident, result: CheckResult) -> None:

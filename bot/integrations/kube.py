@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -68,21 +69,35 @@ def kube_configured(settings: Settings) -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("KUBECONFIG"))
 
 
+REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read: a half-open connection must not hang a phase forever
+
+
 class Kube:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._api: Any = None
+        # Its own threads: a slow API server must not starve the database calls (heartbeats, the lease).
+        self._threads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kube")
 
     def _client(self) -> Any:
         if self._api is None:
             from kubernetes import client, config
 
+            class TimedApiClient(client.ApiClient):  # type: ignore[misc]
+                def call_api(self, *args: Any, **kwargs: Any) -> Any:
+                    if kwargs.get("_request_timeout") is None:
+                        kwargs["_request_timeout"] = REQUEST_TIMEOUT
+                    return super().call_api(*args, **kwargs)
+
             try:
+                configuration = client.Configuration()
                 if os.environ.get("KUBERNETES_SERVICE_HOST"):
-                    config.load_incluster_config()
-                    self._api = client.ApiClient()
+                    config.load_incluster_config(client_configuration=configuration)
                 else:
-                    self._api = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+                    config.load_kube_config(
+                        config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+                    )
+                self._api = TimedApiClient(configuration)
             except Exception as exc:
                 raise KubeUnavailable(f"Cannot configure the Kubernetes client: {_first_line(exc)}.") from None
         return self._api
@@ -95,7 +110,7 @@ class Kube:
             return fn(self._client())
 
         try:
-            return await asyncio.to_thread(run)
+            return await asyncio.get_running_loop().run_in_executor(self._threads, run)
         except ApiException as exc:
             raise KubeUnavailable(explain_api_error(exc, doing)) from None
         except KubeUnavailable:
@@ -268,6 +283,9 @@ def rollout_status(kind: str, obj: Any) -> RolloutStatus:
         if available < updated:
             return RolloutStatus(False, False, f"{available} of {updated} updated replicas available")
         return RolloutStatus(True, False, f"rolled out ({updated}/{replicas})")
+    strategy = getattr(getattr(spec, "update_strategy", None), "type", None)
+    if kind in ("StatefulSet", "DaemonSet") and strategy == "OnDelete":
+        return RolloutStatus(True, False, "uses OnDelete: its pods take the restart only when they are deleted")
     if kind == "StatefulSet":
         replicas = spec.replicas if spec.replicas is not None else 1
         ready = status.ready_replicas or 0
@@ -324,11 +342,12 @@ class KubeWriter:
             lambda api: client.CoreV1Api(api).patch_node(node, body),
         )
 
-    async def pods_to_evict(self, node: str) -> list[tuple[str, str]]:
-        """Pods `kubectl drain --ignore-daemonsets --delete-emptydir-data` would evict: not DaemonSet or mirror pods."""
+    async def pods_to_evict(self, node: str) -> list[tuple[str, str, bool]]:
+        """Pods `kubectl drain --ignore-daemonsets --delete-emptydir-data` would evict (not DaemonSet or mirror
+        pods), each with whether a controller would recreate it."""
         from kubernetes import client
 
-        def read(api: Any) -> list[tuple[str, str]]:
+        def read(api: Any) -> list[tuple[str, str, bool]]:
             pods = client.CoreV1Api(api).list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
             chosen = []
             for pod in pods:
@@ -339,7 +358,7 @@ class KubeWriter:
                     continue
                 if pod.status and pod.status.phase in ("Succeeded", "Failed"):
                     continue
-                chosen.append((pod.metadata.namespace, pod.metadata.name))
+                chosen.append((pod.metadata.namespace, pod.metadata.name, bool(owners)))
             return chosen
 
         return await self.kube.call(f"listing pods on {node}", read)

@@ -94,7 +94,10 @@ class RegistryClient:
         self._token_locks: dict[str, asyncio.Lock] = {}
         # Learned from the first challenge, so later requests carry credentials up front.
         self._scheme: str | None = None
-        self._bearer_params: dict[str, str] = {}
+        # Token scopes: Forgejo's is one ("*") for everything; others (ghcr.io) scope tokens per repository.
+        self._default_scope = ""
+        self._repo_scope: dict[str, str] = {}
+        self._closed = False
         self._session: aiohttp.ClientSession | None = None
         self.requests_made = 0
 
@@ -105,11 +108,14 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:  # a straggling task after the check ended must not open a pool nobody closes
+            raise CouldNotCheck("The check ended before this request could be sent.")
         if self._session is None:
             settings = self.settings
             tls: ssl.SSLContext | bool = True
@@ -146,7 +152,7 @@ class RegistryClient:
         response = await self._send_with_retries(method, url, headers, params, follow_redirects)
         if response.status_code == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
-            await self._answer_challenge(challenge, refused=response.sent_authorization)
+            await self._answer_challenge(challenge, refused=response.sent_authorization, url=url)
             response = await self._send_with_retries(method, url, headers, params, follow_redirects)
             if response.status_code == 401:
                 raise AuthFailed(self._auth_failed_message())
@@ -178,7 +184,7 @@ class RegistryClient:
         delay = 0.2
         for attempt in range(1, attempts + 1):
             all_headers = dict(headers or {})
-            auth = self._auth_header() if with_auth else None
+            auth = self._auth_header(url) if with_auth else None
             if auth:
                 all_headers["Authorization"] = auth
             started = time.perf_counter()
@@ -234,9 +240,9 @@ class RegistryClient:
 
     # --- auth -------------------------------------------------------------------------------------
 
-    def _auth_header(self) -> str | None:
+    def _auth_header(self, url: str) -> str | None:
         if self._scheme == "bearer":
-            token = self._tokens.get(self._bearer_params.get("scope", ""))
+            token = self._tokens.get(self._repo_scope.get(_repository_of(url), self._default_scope))
             if token and token.expires_at > time.monotonic():
                 return f"Bearer {token.value}"
             return None
@@ -244,13 +250,16 @@ class RegistryClient:
             return self._basic
         return None
 
-    async def _answer_challenge(self, challenge: str, *, refused: str | None) -> None:
+    async def _answer_challenge(self, challenge: str, *, refused: str | None, url: str) -> None:
         """Get credentials for a 401. `refused` is the Authorization header the registry just refused."""
         scheme, params = parse_challenge(challenge)
         if scheme == "bearer" and params.get("realm"):
             self._scheme = "bearer"
-            self._bearer_params = params
             scope = params.get("scope", "")
+            if scope.startswith("repository:"):
+                self._repo_scope[_repository_of(url)] = scope
+            else:
+                self._default_scope = scope
             lock = self._token_locks.setdefault(scope, asyncio.Lock())
             async with lock:
                 current = self._tokens.get(scope)
@@ -304,6 +313,17 @@ class RegistryClient:
             f"Authentication failed: the registry {self.settings.registry_host} refused {who}; "
             "check REGISTRY_USERNAME and the token (REGISTRY_PASSWORD or Vault)."
         )
+
+
+def _repository_of(url: str) -> str:
+    """The repository a /v2/<name>/(manifests|blobs|tags)/... URL addresses ('' for others)."""
+    path = urlsplit(url).path
+    if not path.startswith("/v2/"):
+        return ""
+    for marker in ("/manifests/", "/blobs/", "/tags/"):
+        if marker in path:
+            return path[4 : path.index(marker)]
+    return ""
 
 
 def _path_of(url: str) -> str:

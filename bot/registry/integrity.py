@@ -107,6 +107,8 @@ class IntegrityChecker:
         task = self._cache.get(key)
         if task is None:
             task = asyncio.ensure_future(make())
+            # A shared walk may outlive the check that started it: its failure is read here, never lost.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._cache[key] = task
         return task
 
@@ -268,6 +270,8 @@ class IntegrityChecker:
             raise CouldNotCheck(
                 f"The registry {self.client.settings.registry_host} denied access to {name}'s blobs (HTTP 403)."
             )
+        elif status == 429:
+            raise CouldNotCheck(f"The registry {self.client.settings.registry_host} is rate-limiting us (HTTP 429).")
         elif status != 200:
             outcome.problems.append(Problem(digest, kind, "unexpected_status", status))
         else:

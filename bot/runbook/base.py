@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from bot.config import Settings
 from bot.incidents.models import Incident
 from bot.integrations.kube import Kube
+from bot.logsetup import register_secret
 from bot.registry.client import RegistryClient
 
 
@@ -62,6 +63,7 @@ class SecretResolver:
                 if name == "registry_password" and not value and not self.settings.vault_addr:
                     return ""
                 self._cache[name] = value.reveal() if value else ""
+                register_secret(self._cache[name])  # never in a log line, wherever it came from
             return self._cache[name]
 
     def forget(self, name: str) -> None:

@@ -5,6 +5,7 @@ uncordon, and wait until it is Ready."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from typing import Any
@@ -65,6 +66,17 @@ async def node(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     if ctx.kube is None:
         return PhaseResult(False, "No Kubernetes cluster is configured.")
     writer = KubeWriter(ctx.kube)
+    await progress.step("pods", f"Listing the pods on {target}…")
+    pods = await pods_to_move(ctx, writer, target)
+    bare = [f"{ns}/{name}" for ns, name, controlled in pods if not controlled]
+    if bare:
+        await progress.step("pods", f"Pods without a controller on {target}: {', '.join(bare[:5])}", "failed")
+        return PhaseResult(
+            False,
+            f"kubectl drain would refuse: {', '.join(bare[:5])} on {target} have no controller and would be lost. "
+            "Move or delete them, then run it again. The node was not touched.",
+        )
+    await progress.step("pods", f"{len(pods)} pod(s) to evict from {target}", "done")
     if ctx.dry_run:
         for key, text in (
             ("cordon", f"cordon {target}"),
@@ -79,7 +91,7 @@ async def node(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     await writer.cordon(target, True)
     await progress.step("cordon", f"{target} cordoned", "done")
     try:
-        await evict_all(ctx, progress, writer, target)
+        await evict_all(ctx, progress, writer, target, [(ns, name) for ns, name, _ in pods])
         await restart_containerd(ctx, progress, writer, target)
     except UserFacingError as exc:
         await progress.step(
@@ -105,11 +117,16 @@ async def node(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     )
 
 
-async def evict_all(ctx: PhaseContext, progress: Progress, writer: KubeWriter, target: str) -> None:
-    own = (ctx.settings.pod_namespace, ctx.settings.pod_name)
+async def pods_to_move(ctx: PhaseContext, writer: KubeWriter, target: str) -> list[tuple[str, str, bool]]:
     # Never evict the replica running this phase: it would kill the drain halfway (containerd's restart
-    # leaves running containers alone, so staying on the node is safe).
-    pods = [pod for pod in await writer.pods_to_evict(target) if pod != own]
+    # leaves running containers alone, so staying on the node is safe). A pod's HOSTNAME is its name.
+    own = (ctx.settings.pod_namespace, ctx.settings.pod_name or os.environ.get("HOSTNAME", ""))
+    return [pod for pod in await writer.pods_to_evict(target) if pod[:2] != own]
+
+
+async def evict_all(
+    ctx: PhaseContext, progress: Progress, writer: KubeWriter, target: str, pods: list[tuple[str, str]]
+) -> None:
     await progress.step("evict", f"Evicting {len(pods)} pod(s) from {target}…")
     deadline = time.monotonic() + ctx.settings.eviction_timeout
     pending = list(pods)

@@ -63,6 +63,9 @@ class PhaseFailed(UserFacingError):
 async def rebuild(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     target = build_target(ctx)
     try:
+        before = await recheck(ctx, progress)
+        if before is not None:
+            return before
         await delete_broken_version(ctx, progress)
         run = await run_ci(ctx, progress, target)
         if run is None:  # dry run
@@ -74,6 +77,25 @@ async def rebuild(ctx: PhaseContext, progress: Progress) -> PhaseResult:
         return await confirm(ctx, progress)
     except PhaseFailed as exc:
         return PhaseResult(False, str(exc))
+
+
+async def recheck(ctx: PhaseContext, progress: Progress) -> PhaseResult | None:
+    """Check again right before deleting anything: an image that is whole now must not be deleted."""
+    await progress.step("recheck", f"Checking `{ctx.incident.image}` once more before deleting anything…")
+    result = await check_image(ctx)
+    if result.status == "intact":
+        await progress.step("recheck", "Intact now: nothing deleted, nothing rebuilt", "done")
+        return PhaseResult(
+            False,
+            "The image is intact now, so nothing was deleted or rebuilt. If pods still fail, restart the consumers.",
+            state="diagnosed",
+            data={"check": result},
+        )
+    if result.status == "error":
+        await progress.step("recheck", f"Could not check: {escape(result.error or '')}", "failed")
+        raise PhaseFailed(f"Could not check the image before deleting it ({result.error}); nothing was deleted.")
+    await progress.step("recheck", f"Still broken ({len(result.problems)} problem(s))", "done")
+    return None
 
 
 async def delete_broken_version(ctx: PhaseContext, progress: Progress) -> None:
@@ -112,10 +134,18 @@ async def delete_broken_version(ctx: PhaseContext, progress: Progress) -> None:
     async with ctx.registry() as client:
         head = await client.request("HEAD", f"/v2/{incident.name}/manifests/{incident.tag}", headers={"Accept": ACCEPT})
         digest = head.headers.get("Docker-Content-Digest") if head.status_code == 200 else None
-        digest = digest or incident.digest
         if not digest:
             await progress.step("delete", f"`{incident.image}` does not resolve: nothing to delete", "done")
             return
+        # A distribution registry deletes by digest, which removes every tag pointing at it.
+        sharing = await tags_sharing(client, incident.name, incident.tag, digest)
+        if sharing:
+            names = ", ".join(sharing[:5])
+            await progress.step("delete", f"Other tags point at the same digest: {escape(names)}", "failed")
+            raise PhaseFailed(
+                f"Deleting {digest[:19]} would also delete {names}; nothing was deleted. Rebuild by hand, "
+                "or push the new image over the tag without deleting."
+            )
         what = f"DELETE /v2/{incident.name}/manifests/{digest}"
         if ctx.dry_run:
             await progress.step("delete", f"Dry run: would `{what}`", "skipped")
@@ -133,6 +163,19 @@ async def delete_broken_version(ctx: PhaseContext, progress: Progress) -> None:
         raise PhaseFailed(f"The registry answered HTTP {answer.status_code} to the delete; nothing was rebuilt.")
     gone = "was already gone" if answer.status_code == 404 else "deleted"
     await progress.step("delete", f"Broken manifest of `{incident.image}` {gone}", "done")
+
+
+async def tags_sharing(client: Any, name: str, tag: str, digest: str) -> list[str]:
+    from bot.registry.scan import list_tags
+
+    others = []
+    for other in (await list_tags(client, name))[:200]:
+        if other == tag:
+            continue
+        head = await client.request("HEAD", f"/v2/{name}/manifests/{other}", headers={"Accept": ACCEPT})
+        if head.status_code == 200 and head.headers.get("Docker-Content-Digest") == digest:
+            others.append(f"{name}:{other}")
+    return others
 
 
 async def run_ci(ctx: PhaseContext, progress: Progress, target: BuildTarget) -> CIRun | None:
@@ -272,10 +315,13 @@ async def confirm(ctx: PhaseContext, progress: Progress) -> PhaseResult:
                 return PhaseResult(False, f"The pipeline succeeded but Forgejo shows no {incident.image}.")
     result = await check_image(ctx)
     if result.status != "intact":
-        await progress.step("confirm", f"The new image is {result.status}: {result.verdict()}", "failed")
+        await progress.step("confirm", f"The new image is {result.status}: {escape(result.verdict())}", "failed")
         details = [p.summary() for p in result.problems[:10]] or [result.error or ""]
         return PhaseResult(
-            False, f"The rebuilt image is not whole: {result.verdict()}", details=details, data={"check": result}
+            False,
+            f"The rebuilt image is not whole: {escape(result.verdict())}",
+            details=details,
+            data={"check": result},
         )
     await progress.step("confirm", f"New `{incident.image}` is intact ({result.objects_checked} objects)", "done")
     consumers = await _consumer_count(ctx, result.digest)

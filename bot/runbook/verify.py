@@ -12,6 +12,7 @@ from bot.integrations.kube import KubeWriter, Workload
 from bot.integrations.prometheus import Prometheus
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
 from bot.runbook.diagnose import check_image, image_digests
+from bot.text import escape
 
 
 @dataclass
@@ -63,8 +64,18 @@ async def metric_part(ctx: PhaseContext, progress: Progress) -> Part:
         await progress.step("metric", f"Probe metric: {text}", "warning")
         return Part("metric", "unknown", text)
     if value > 0:
+        # The metric counts the whole registry: another broken image must not keep this one open.
+        named = await _probe_names_image(ctx)
         text = f"registry_manifest_integrity_failures is {value:g} (probe run {ran:%H:%M} UTC)"
-        await progress.step("metric", f"Probe metric: {text}", "failed")
+        if named is False:
+            text += ", none of them this image (the probe's log)"
+            await progress.step("metric", f"Probe metric: {text}", "done")
+            return Part("metric", "pass", text)
+        if named is None:
+            text += "; whether this image is among them is not known (no probe log)"
+            await progress.step("metric", f"Probe metric: {text}", "warning")
+            return Part("metric", "unknown", text)
+        await progress.step("metric", f"Probe metric: {text}, this image among them", "failed")
         return Part("metric", "fail", text)
     await progress.step("metric", f"Probe metric: 0 failures in the run at {ran:%H:%M:%S} UTC", "done")
     return Part("metric", "pass", "probe reports 0")
@@ -82,7 +93,7 @@ async def check_part(ctx: PhaseContext, progress: Progress) -> Part:
     if result.status == "error":
         await progress.step("check", f"Full check: could not check ({result.error})", "warning")
         return Part("check", "unknown", result.error or "could not check")
-    text = f"the full check finds {len(result.problems)} problem(s): {result.problems[0].summary()}"
+    text = f"the full check finds {len(result.problems)} problem(s): {escape(result.problems[0].summary())}"
     await progress.step("check", f"Full check: {text}", "failed")
     return Part("check", "fail", text)
 
@@ -112,6 +123,19 @@ async def cluster_part(ctx: PhaseContext, progress: Progress) -> Part:
         return Part("cluster", "fail", text)
     await progress.step("cluster", f"Consumers: {len(workloads)} workload(s) healthy, no pod failing to pull", "done")
     return Part("cluster", "pass", "healthy")
+
+
+async def _probe_names_image(ctx: PhaseContext) -> bool | None:
+    """Whether the probe's latest log names this image as failing; None when there is no log to read."""
+    if ctx.kube is None:
+        return None
+    try:
+        probe = await ctx.kube.probe_log()
+    except UserFacingError:
+        return None
+    if probe is None:
+        return None
+    return any(f"{repo}:{tag}" == ctx.incident.image for repo, tag, _ in probe.failures)
 
 
 def describe(workloads: list[Workload]) -> str:
