@@ -650,14 +650,22 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
         kube.add_deployment("payroll", "payslip-ingest", ref, replicas=2)
         kube.add_statefulset("payroll", "ledger", "docker.io/library/postgres:16", init_image=ref)
         kube.add_daemonset("monitoring", "agent", f"{registry.host}/{image.name}@{image.digest}")
-        kube.add_pod("payroll", "payslip-ingest-x", ref, node="k8s-node1", waiting_reason="ImagePullBackOff")
+        kube.add_pod(
+            "payroll",
+            "payslip-ingest-x",
+            ref,
+            node="k8s-node1",
+            waiting_reason="ImagePullBackOff",
+            owner=("Deployment", "payslip-ingest"),
+        )
         kube.add_cronjob(settings.probe_namespace, settings.probe_job, "alpine:3.20")
         kube.add_job_pod(
             settings.probe_namespace,
             f"{settings.probe_job}-29000000",
             log=f"FAIL: {image.reference} index child sha256:{'0' * 64} HTTP 404\n",
         )
-        kube.add_pod("payroll", "web-1", "nginx", node="k8s-node3", labels={"app": "web"})
+        kube.add_deployment("payroll", "web", "nginx", replicas=1)
+        kube.add_pod("payroll", "web-1", "nginx", node="k8s-node3", labels={"app": "web"}, owner=("Deployment", "web"))
         kube.add_pdb("payroll", "web", {"app": "web"}, disruptions_allowed=1)
 
         # Without node actions: phases 1, 3 and 4, the probe log, a namespaced consumer search, and the

@@ -50,11 +50,34 @@ def test_zero_failures_from_a_run_newer_than_the_fix_pass(prometheus):
     assert part.outcome == "pass"
 
 
-def test_failures_still_reported_fail(prometheus):
+def test_failures_without_a_probe_log_cannot_say_whether_this_image_is_among_them(prometheus):
     pushgateway, server = prometheus
     push_and_wait(pushgateway, server, 3, time.time())
-    part, _progress = metric(server.url, datetime.now(UTC) - timedelta(minutes=1))
-    assert part.outcome == "fail" and "is 3" in part.text
+    part, _ = metric(server.url, datetime.now(UTC) - timedelta(minutes=1))
+    assert part.outcome == "unknown" and "is 3" in part.text and "not known" in part.text
+
+
+@pytest.mark.parametrize("named, outcome", [("viktor/app:latest", "fail"), ("viktor/other:v1", "pass")])
+def test_failures_count_against_this_image_only_when_the_probe_log_names_it(
+    prometheus, tmp_path, monkeypatch, named, outcome
+):
+    from tests.peers.kube_api import KubeStandIn
+
+    pushgateway, server = prometheus
+    push_and_wait(pushgateway, server, 2, time.time())
+    with KubeStandIn() as kube:
+        kube.add_job_pod("monitoring", "forgejo-integrity-probe-1", log=f"FAIL: {named} index child x HTTP 404\n")
+        monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        from bot.integrations.kube import Kube
+
+        settings = Settings(registry_url=f"https://{INSTANCE}", prometheus_url=server.url, kube_enabled="true")
+        incident = Incident(
+            id=1, registry_host=INSTANCE, image="viktor/app:latest", fixed_at=datetime.now(UTC) - timedelta(minutes=1)
+        )
+        ctx = PhaseContext(settings, incident, SecretResolver(settings), Kube(settings))
+        part = asyncio.run(metric_part(ctx, RecordingProgress()))
+    assert part.outcome == outcome
 
 
 def test_a_probe_run_older_than_the_fix_cannot_confirm(prometheus):
