@@ -6,6 +6,7 @@ webhook payloads, and what the Slack stand-in recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,7 +95,11 @@ class BotProcess:
     def start(self, wait: bool = True) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
         self.process = subprocess.Popen(
-            [*self.wrapper, sys.executable, "-m", "bot", "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [*self.wrapper, sys.executable, "-m", "bot", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a wrapper (strace) and the bot stop together
         )
         if wait:
             self.wait_healthy()
@@ -114,18 +119,25 @@ class BotProcess:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                self._signal_group(signal.SIGKILL)
                 self.process.wait(5)
+        if self.process:
+            self._signal_group(signal.SIGKILL)  # anything the wrapper left behind
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            self._signal_group(signal.SIGKILL)
             self.process.wait(5)
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
