@@ -116,6 +116,9 @@ class RegistryBot:
         self.running_runs: dict[int, asyncio.Task[Any]] = {}
         self._root_locks: dict[int, asyncio.Lock] = {}
         self._detect_lock = asyncio.Lock()
+        # Work started by Slack requests runs a few at a time: a burst of clicks must not crowd the event
+        # loop that acknowledges the next ones (benchmarks/ack.py).
+        self.request_work = asyncio.Semaphore(4)
         self.on_fixed: Callable[..., Awaitable[Any]] | None = None  # schedules verification (incident, delay)
         self.registry_observer = _observe_registry
         self.is_leader: Callable[[], bool] = lambda: True  # the Leadership replaces it
@@ -123,7 +126,11 @@ class RegistryBot:
     # --- plumbing -------------------------------------------------------------------------------------
 
     def spawn(
-        self, coro: Coroutine[Any, Any, Any], what: str, tell: tuple[str, str] | None = None
+        self,
+        coro: Coroutine[Any, Any, Any],
+        what: str,
+        tell: tuple[str, str] | None = None,
+        gate: asyncio.Semaphore | None = None,
     ) -> asyncio.Task[Any]:
         """Run background work; its failure is logged, never lost silently, never crashes the bot.
 
@@ -132,7 +139,10 @@ class RegistryBot:
 
         async def guarded() -> Any:
             try:
-                return await coro
+                if gate is None:
+                    return await coro
+                async with gate:
+                    return await coro
             except asyncio.CancelledError:
                 raise
             except UserFacingError as exc:

@@ -64,7 +64,10 @@ def build_bolt(bot: RegistryBot) -> AsyncApp:
                 return
             await ack(response_type="ephemeral", text=f"🔎 Checking `{ref}`…")
             bot.spawn(
-                _once(bot, delivery, bot.command_check(ref, text, user, channel)), f"check {ref}", (channel, user)
+                _once(bot, delivery, bot.command_check(ref, text, user, channel)),
+                f"check {ref}",
+                (channel, user),
+                bot.request_work,
             )
         elif sub == "scan" and len(words) == 1:
             await ack(response_type="ephemeral", text="🔎 Scanning every tag of every repository…")
@@ -82,7 +85,12 @@ def build_bolt(bot: RegistryBot) -> AsyncApp:
         if action is None:
             log.warning("a block_actions payload without the fields a click has was ignored")
             return
-        bot.spawn(bot.on_action(action), f"action {action['action_id'][:40]}", (action["channel"], action["user"]))
+        bot.spawn(
+            bot.on_action(action),
+            f"action {action['action_id'][:40]}",
+            (action["channel"], action["user"]),
+            bot.request_work,
+        )
 
     return app
 
