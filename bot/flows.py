@@ -25,7 +25,7 @@ from bot.config import Settings
 from bot.errors import BadReference, UserFacingError
 from bot.incidents.approvals import DESTRUCTIVE_PHASES, Guard
 from bot.incidents.models import Incident, PhaseRun
-from bot.incidents.store import AlreadyRunning, Store
+from bot.incidents.store import OPEN_STATES, AlreadyRunning, Store
 from bot.integrations.kube import Kube
 from bot.refs import ImageRef, parse_reference
 from bot.registry.integrity import IntegrityChecker
@@ -66,17 +66,6 @@ STATE_FLOW: dict[str, tuple[str | None, str | None, str | None]] = {
     "node": ("restarting", "restarted", "failed"),
     "verify": (None, "resolved", "still_broken"),
 }
-OPEN_STATES = (
-    "open",
-    "diagnosed",
-    "rebuilding",
-    "rebuilt",
-    "restarting",
-    "restarted",
-    "verifying",
-    "still_broken",
-    "failed",
-)
 AFTER_FIX = ("rebuilt", "restarted", "verifying", "still_broken", "failed")
 # Where a person may start each phase (the buttons shown follow this; the server enforces it too).
 PHASE_STATES: dict[str, tuple[str, ...]] = {
