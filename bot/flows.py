@@ -663,7 +663,9 @@ class RegistryBot:
 
     async def announce_verification(self, incident: Incident, when: datetime) -> None:
         at = when.astimezone(UTC).strftime("%H:%M UTC")
-        await self.db(self.store.update, incident.id, state="verifying", status_note=f"verification at {at}")
+        current = await self.db(self.store.get, incident.id)
+        if current is not None and current.state in AFTER_FIX:  # never over a phase that is running now
+            await self.db(self.store.update, incident.id, state="verifying", status_note=f"verification at {at}")
         await self.thread_reply(incident, f"⏱️ Verification at {at}.")
         await self.audit("schedule", "scheduled", incident_id=incident.id, phase="verify", detail=f"at {when:%H:%M:%S}")
         await self.refresh_root(incident.id)
