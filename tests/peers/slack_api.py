@@ -153,6 +153,7 @@ class SlackStandIn:
         self._rate_limits: dict[str, list[int]] = {}
         self._failures: dict[str, list[str]] = {}
         self._stubs: dict[str, StubResponse] = {}
+        self.app_token = "xapp-test"
         self._down_until: float | None = None
         self._down_mode: Literal["503", "close"] = "503"
         self._last_ts_us = 0
@@ -505,7 +506,9 @@ class SlackStandIn:
                 token = auth[len("bearer ") :].strip()
             if not token:
                 return 200, {"ok": False, "error": "not_authed"}, {}
-            if token != self.bot_token:
+            # apps.connections.open (Socket Mode) takes the app-level token, every other method the bot token.
+            expected = self.app_token if method.startswith("apps.") else self.bot_token
+            if token != expected:
                 return 200, {"ok": False, "error": "invalid_auth"}, {}
 
             retry_after = _take(self._rate_limits, method)
