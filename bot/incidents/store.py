@@ -160,14 +160,6 @@ class Store:
             _update_incident(session, incident, fields)
             return incident
 
-    def apply_check(self, incident_id: int, result: CheckResult) -> Incident:
-        with self._tx() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise KeyError(incident_id)
-            _apply_result(incident, result)
-            return incident
-
     def set_clicked(self, incident_id: int, action_id: str, label: str) -> Incident:
         with self._tx() as session:
             incident = session.get(Incident, incident_id)
@@ -238,16 +230,6 @@ class Store:
                 select(PhaseRun).where(PhaseRun.incident_id == incident_id, PhaseRun.status == "running")
             ).first()
 
-    def get_run(self, run_id: int) -> PhaseRun | None:
-        with self._tx() as session:
-            return session.get(PhaseRun, run_id)
-
-    def runs(self, incident_id: int) -> list[PhaseRun]:
-        with self._tx() as session:
-            return list(
-                session.scalars(select(PhaseRun).where(PhaseRun.incident_id == incident_id).order_by(PhaseRun.id))
-            )
-
     def update_run(self, run_id: int, **fields: Any) -> None:
         with self._tx() as session:
             session.execute(update(PhaseRun).where(PhaseRun.id == run_id).values(**fields))
@@ -261,19 +243,6 @@ class Store:
                 .where(PhaseRun.id.in_(run_ids), PhaseRun.status == "running")
                 .values(heartbeat_at=utcnow())
             )
-
-    def finish_phase(self, run_id: int, status: str, result: str | None = None, error: str | None = None) -> PhaseRun:
-        with self._tx() as session:
-            run = session.get(PhaseRun, run_id)
-            if run is None:
-                raise KeyError(run_id)
-            now = utcnow()
-            run.status = status
-            run.result = result
-            run.error = error
-            run.finished_at = now
-            run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
-            return run
 
     def complete_phase(
         self,

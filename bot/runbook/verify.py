@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot.errors import UserFacingError
-from bot.integrations.kube import KubeWriter, Workload
+from bot.integrations.kube import KubeWriter
 from bot.integrations.prometheus import Prometheus
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
 from bot.runbook.diagnose import check_image, image_digests
@@ -136,7 +136,3 @@ async def _probe_names_image(ctx: PhaseContext) -> bool | None:
     if probe is None:
         return None
     return any(f"{repo}:{tag}" == ctx.incident.image for repo, tag, _ in probe.failures)
-
-
-def describe(workloads: list[Workload]) -> str:
-    return ", ".join(str(w) for w in workloads)
