@@ -388,12 +388,16 @@ class RegistryBot:
         if incident.state == "resolved":
             await self.slack.ephemeral(channel, user, f"Incident #{incident.id} is already resolved.")
             return
-        if incident.state not in PHASE_STATES[phase]:
-            await refuse(f"{TITLES[phase]} does not apply while the incident is {incident.state}.", incident.id, phase)
-            return
         if phase in DESTRUCTIVE_PHASES and not await self.guard.is_approver(user):
             await refuse(f"Only approvers may run {TITLES[phase]}: {self.guard.approvers_text()}.", incident.id, phase)
             await self.thread_reply(incident, f"🚫 <@{user}> asked for {TITLES[phase]}: refused, not an approver.")
+            return
+        running = await self.db(self.store.running_phase, incident.id)
+        if running is not None:  # the usual double click: say what runs, not that the state forbids it
+            await self.tell_already_running(incident, running, user, phase)
+            return
+        if incident.state not in PHASE_STATES[phase]:
+            await refuse(f"{TITLES[phase]} does not apply while the incident is {incident.state}.", incident.id, phase)
             return
         if phase not in self.phases:
             await refuse(f"{TITLES[phase]} is not available on this bot.", incident.id, phase)
@@ -516,15 +520,7 @@ class RegistryBot:
             requested_at=requested_at,
         )
         if isinstance(started, AlreadyRunning):
-            running = started.run
-            since = running.started_at.astimezone(UTC).strftime("%H:%M UTC")
-            by = f"<@{running.requested_by}>" if running.requested_by else "the bot"
-            reason = f"{TITLES.get(running.phase, running.phase)} is already running since {since}, started by {by}."
-            await self.audit(
-                "refuse", "already_running", user=requested_by, incident_id=incident.id, phase=phase, detail=reason
-            )
-            if requested_by and incident.channel:
-                await self.slack.ephemeral(incident.channel, requested_by, f"⏳ {reason}")
+            await self.tell_already_running(incident, started.run, requested_by, phase)
             return None
         run = started
         await self.audit(
@@ -548,6 +544,14 @@ class RegistryBot:
 
         task.add_done_callback(forget)
         return run  # type: ignore[no-any-return]
+
+    async def tell_already_running(self, incident: Incident, running: PhaseRun, user: str | None, phase: str) -> None:
+        since = running.started_at.astimezone(UTC).strftime("%H:%M UTC")
+        by = f"<@{running.requested_by}>" if running.requested_by else "the bot"
+        reason = f"{TITLES.get(running.phase, running.phase)} is already running since {since}, started by {by}."
+        await self.audit("refuse", "already_running", user=user, incident_id=incident.id, phase=phase, detail=reason)
+        if user and incident.channel:
+            await self.slack.ephemeral(incident.channel, user, f"⏳ {reason}")
 
     async def _execute(self, run: PhaseRun, incident_id: int) -> PhaseResult:
         phase = run.phase
