@@ -31,7 +31,7 @@ from bot.refs import ImageRef, parse_reference
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
 from bot.registry.scan import ScanResult, scan_registry
-from bot.runbook.base import PhaseContext, PhaseResult, Progress, SecretResolver
+from bot.runbook.base import PhaseContext, PhaseResult, Progress, SecretResolver, open_registry
 from bot.runbook.diagnose import diagnose
 from bot.slack import blocks
 from bot.slack.gateway import SlackGateway
@@ -75,6 +75,7 @@ PHASE_STATES: dict[str, tuple[str, ...]] = {
     "node": AFTER_FIX,
     "verify": AFTER_FIX,
 }
+PHASE_ACTION = {phase: action_id for action_id, phase in ACTION_PHASE.items()}
 _ID = re.compile(r"^[0-9]{1,12}$")
 _NODE_VALUE = re.compile(r"^([0-9]{1,12}):([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$")
 
@@ -167,21 +168,15 @@ class RegistryBot:
             self.kube,
             actor=actor,
             target=target,
-            extra={"registry_observer": self.registry_observer},
+            registry_observer=self.registry_observer,
         )
 
     async def checker_run(self, ref: ImageRef, display: str) -> CheckResult:
-        password = await self.secrets.get("registry_password")
-        from bot.registry.client import RegistryClient
-
-        async with RegistryClient(self.settings, password, observer=self.registry_observer) as client:
+        async with open_registry(self.settings, self.secrets, self.registry_observer) as client:
             return await IntegrityChecker(client).check(ref, display=display)
 
     async def scan(self) -> ScanResult:
-        password = await self.secrets.get("registry_password")
-        from bot.registry.client import RegistryClient
-
-        async with RegistryClient(self.settings, password, observer=self.registry_observer) as client:
+        async with open_registry(self.settings, self.secrets, self.registry_observer) as client:
             return await scan_registry(client)
 
     # --- the root message ----------------------------------------------------------------------------------
@@ -531,7 +526,7 @@ class RegistryBot:
             phase=phase,
             detail=f"attempt {run.attempt}" + (f", approved by {approved_by}" if approved_by else ""),
         )
-        action_id = next((a for a, p in ACTION_PHASE.items() if p == phase), None)
+        action_id = PHASE_ACTION[phase]
         if requested_by and action_id in blocks.ACTIONS:
             label = f"✅ {blocks.ACTIONS[action_id]} by <@{requested_by}>"
             await self.db(self.store.set_clicked, incident.id, action_id, label)
@@ -784,7 +779,7 @@ class RegistryBot:
         incident = await self.db(
             self.store.update, run.incident_id, state="failed", failure_reason=reason, status_note="", clicked="{}"
         )
-        action_id = next((a for a, p in ACTION_PHASE.items() if p == run.phase), "registry_diagnose")
+        action_id = PHASE_ACTION.get(run.phase, "registry_diagnose")
         value = f"{incident.id}:{run.target}" if run.phase == "node" and run.target else str(incident.id)
         text = f"⚠️ {reason} Nothing half-done is forgotten: check the steps above, then run it again."
         message: list[dict[str, Any]] = [

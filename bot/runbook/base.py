@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,6 +79,9 @@ class PhaseResult:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+RegistryObserver = Callable[[str, int, float], None]
+
+
 @dataclass
 class PhaseContext:
     settings: Settings
@@ -87,17 +90,23 @@ class PhaseContext:
     kube: Kube | None = None
     actor: str | None = None
     target: str | None = None  # the node, for node actions
-    extra: dict[str, Any] = field(default_factory=dict)
+    registry_observer: RegistryObserver | None = None  # the bot's metrics
 
     @property
     def dry_run(self) -> bool:
         return self.settings.dry_run
 
-    @asynccontextmanager
-    async def registry(self) -> AsyncIterator[RegistryClient]:
-        password = await self.secrets.get("registry_password")
-        client = RegistryClient(self.settings, password, observer=self.extra.get("registry_observer"))
-        try:
-            yield client
-        finally:
-            await client.aclose()
+    def registry(self) -> AbstractAsyncContextManager[RegistryClient]:
+        return open_registry(self.settings, self.secrets, self.registry_observer)
+
+
+@asynccontextmanager
+async def open_registry(
+    settings: Settings, secrets: SecretResolver, observer: RegistryObserver | None = None
+) -> AsyncIterator[RegistryClient]:
+    """A registry client logged in with the pull token (from its setting or Vault), closed after use."""
+    client = RegistryClient(settings, await secrets.get("registry_password"), observer=observer)
+    try:
+        yield client
+    finally:
+        await client.aclose()
