@@ -25,6 +25,7 @@ from tests.peers.github_actions import GitHubActionsStandIn
 from tests.peers.kube_api import KubeStandIn
 from tests.peers.registry import ImagePusher, PushedImage, Registry
 from tests.peers.woodpecker import WoodpeckerStandIn
+from tests.world import unsaved_incident
 
 
 @dataclass
@@ -91,18 +92,7 @@ def broken(cluster: Cluster, name: str = "viktor/payslip-ingest", tag: str = "la
 
 
 def incident_for(cluster: Cluster, image: PushedImage) -> Incident:
-    return Incident(
-        id=1,
-        registry_host=cluster.forgejo.host,
-        image=image.reference,
-        digest=image.digest,
-        state="diagnosed",
-        source="alert",
-        problems="[]",
-        clicked="{}",
-        consumers="[]",
-        status_note="",
-    )
+    return unsaved_incident(cluster.forgejo.host, image.reference, image.digest)
 
 
 def run_phase(fn, cluster: Cluster, incident: Incident, settings: Settings | None = None, target: str | None = None):

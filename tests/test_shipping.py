@@ -593,7 +593,6 @@ def cluster_env(kubeconfig: Path) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
     """Run the bot's Kubernetes code against the stand-in, batch by batch, and audit each batch."""
-    from bot.incidents.models import Incident
     from bot.integrations.kube import Kube
     from bot.runbook.base import PhaseContext, RecordingProgress, SecretResolver
     from bot.runbook.diagnose import diagnose
@@ -603,6 +602,7 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
     from bot.scheduler import LOCK_NAME, KubeLease
     from tests.peers.kube_api import KubeStandIn
     from tests.peers.registry import ImagePusher
+    from tests.world import unsaved_incident
 
     base, overlay = render("base"), render("node-actions")
     layouts = {"base": grants(base), "node-actions": grants(overlay)}
@@ -623,18 +623,7 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
         rollout_timeout=10.0,
         eviction_timeout=3.0,
     )
-    incident = Incident(
-        id=1,
-        registry_host=registry.host,
-        image=image.reference,
-        digest=image.digest,
-        state="diagnosed",
-        source="alert",
-        problems="[]",
-        clicked="{}",
-        consumers="[]",
-        status_note="",
-    )
+    incident = unsaved_incident(registry.host, image.reference, image.digest)
 
     def run(phase: Any, target: str | None = None, **overrides: Any) -> Any:
         used = settings.with_values(**overrides)

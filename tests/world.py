@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.incidents.models import Incident
 from tests.harness import APPROVER, APPROVER2, CHANNEL, VIEWER, BotProcess, roots
 from tests.peers.forgejo import ForgejoStandIn, ForgejoUser
 from tests.peers.kube_api import KubeStandIn
@@ -106,3 +107,20 @@ def make_world() -> Iterator[World]:
         finally:
             for process in world.bots:
                 process.stop()
+
+
+def unsaved_incident(registry_host: str, image: str, digest: str | None = None, **fields: Any) -> Incident:
+    """An Incident as the store would hand a phase, without a database (column defaults apply only on insert)."""
+    values: dict[str, Any] = {
+        "id": 1,
+        "registry_host": registry_host,
+        "image": image,
+        "digest": digest,
+        "state": "diagnosed",
+        "source": "alert",
+        "problems": "[]",
+        "clicked": "{}",
+        "consumers": "[]",
+        "status_note": "",
+    }
+    return Incident(**{**values, **fields})
