@@ -120,12 +120,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _check_one(settings: Settings, ref: ImageRef) -> CheckResult:
-    from bot.integrations.vault import registry_password
-    from bot.registry.client import RegistryClient
     from bot.registry.integrity import IntegrityChecker
+    from bot.registry.session import open_registry
+    from bot.secrets import SecretResolver
 
-    password = await asyncio.to_thread(registry_password, settings)
-    async with RegistryClient(settings, password) as client:
+    async with open_registry(settings, SecretResolver(settings)) as client:
         return await IntegrityChecker(client).check(ref)
 
 
@@ -165,12 +164,11 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 async def _scan_all(settings: Settings, tags_per_repo: int | None) -> ScanResult:
-    from bot.integrations.vault import registry_password
-    from bot.registry.client import RegistryClient
     from bot.registry.scan import scan_registry
+    from bot.registry.session import open_registry
+    from bot.secrets import SecretResolver
 
-    password = await asyncio.to_thread(registry_password, settings)
-    async with RegistryClient(settings, password) as client:
+    async with open_registry(settings, SecretResolver(settings)) as client:
         return await scan_registry(client, tags_per_repo=tags_per_repo)
 
 

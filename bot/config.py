@@ -245,7 +245,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if env.get("REGISTRY_BOT_CONFIG"):
         file_values = _read_yaml(env["REGISTRY_BOT_CONFIG"])
     known = {f.name for f in setting_fields()}
-    unknown = sorted(set(file_values) - known - EXTRA_FILE_KEYS)
+    unknown = sorted(set(file_values) - known)
     if unknown:
         raise ConfigError("Unknown settings in the config file: " + ", ".join(unknown) + ".")
     values: dict[str, Any] = {}
@@ -268,7 +268,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 # Structured sections only the YAML file can hold (per-image CI mappings and the like).
-EXTRA_FILE_KEYS: set[str] = set()
 _FILE_ONLY = {"images"}
 
 

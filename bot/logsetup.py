@@ -49,9 +49,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("incident", "phase", "user"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
         if record.exc_text:
             entry["exception"] = record.exc_text
         elif record.exc_info:

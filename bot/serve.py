@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import secrets
 import signal
+import socket
 import sys
-from typing import Any
 
 from bot import logsetup
 from bot.config import Settings, setting_fields
@@ -45,63 +47,95 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def all_phases() -> dict[str, Any]:
-    phases: dict[str, Any] = {}
-    for module, name in (
-        ("bot.runbook.rebuild", "rebuild"),
-        ("bot.runbook.restart", "restart"),
-        ("bot.runbook.node", "node"),
-        ("bot.runbook.verify", "verify"),
-    ):
-        try:
-            phases[name] = getattr(__import__(module, fromlist=[name]), name)
-        except ModuleNotFoundError:
-            continue
-    return phases
+def replica_id(settings: Settings) -> str:
+    name = settings.pod_name or socket.gethostname()
+    return f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 async def run(settings: Settings) -> None:
+    """The composition root: every part built once here and handed what it uses."""
     import uvicorn
 
-    from bot.flows import RegistryBot
+    from bot.engine.intake import Intake
+    from bot.engine.ports import Supervisor
+    from bot.engine.recovery import Recovery
+    from bot.engine.runner import Runner
     from bot.incidents.store import Store
     from bot.integrations.kube import Kube, kube_configured
-    from bot.slack.app import build_bolt
+    from bot.runbook.phases import all_phases
+    from bot.scheduler import Leadership
+    from bot.secrets import SecretResolver
+    from bot.slack.app import SlackApp
+    from bot.slack.clicks import Clicks
     from bot.slack.gateway import SlackGateway
+    from bot.slack.notifier import SlackNotifier
     from bot.web import build_web
 
     store = Store(settings.database)
     await asyncio.to_thread(store.migrate)
     slack = SlackGateway(settings.slack_bot_token.reveal(), settings.slack_api_url, settings.slack_retry_for)
     kube = Kube(settings) if kube_configured(settings) else None
-    bot = RegistryBot(settings, store, slack, kube, phases=all_phases())
-    leadership = await start_leadership(bot)
-    bolt = build_bolt(bot)
-    web = build_web(bot, bolt, leadership.role)
-    bot.spawn(slack.identify(), "identifying the bot with Slack")
-    bot.spawn(bot.heartbeats(), "heartbeats")
-    bot.spawn(bot.maintain(), "maintenance")
+    replica = replica_id(settings)
+    secret_resolver = SecretResolver(settings)
+    supervisor = Supervisor()
+    notifier = SlackNotifier(settings, slack, store)
+    # The scheduler runs verification through the runner, which schedules through the scheduler: the first
+    # is handed a call that reaches the second once both exist.
+    runner: Runner | None = None
+
+    async def verify(incident_id: int) -> None:
+        assert runner is not None
+        await runner.run_verification(incident_id)
+
+    async def probe() -> None:
+        await intake.probe_once()
+
+    leadership = Leadership(settings, store, kube, replica, verify, probe)
+    runner = Runner(
+        settings,
+        store,
+        notifier,
+        supervisor,
+        all_phases(),
+        leadership,
+        kube=kube,
+        secrets=secret_resolver,
+        replica=replica,
+    )
+    intake = Intake(settings, store, notifier, supervisor, runner, kube=kube, secrets=secret_resolver)
+    recovery = Recovery(settings, store, notifier, supervisor, runner, lambda: leadership.is_leader)
+    clicks = Clicks(settings, store, slack, notifier, intake, runner)
+    bolt = SlackApp(settings, store, slack, supervisor, intake, clicks).build()
+    web = build_web(settings, store, intake, bolt, leadership.role, replica)
+
+    await leadership.start()
+    supervisor.spawn(slack.identify(), "identifying the bot with Slack")
+    recovery.start()
     socket_mode = None
     if settings.slack_app_token:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
         socket_mode = AsyncSocketModeHandler(bolt, settings.slack_app_token.reveal())
-        bot.spawn(socket_mode.connect_async(), "connecting Socket Mode")  # type: ignore[no-untyped-call]
+        supervisor.spawn(socket_mode.connect_async(), "connecting Socket Mode")  # type: ignore[no-untyped-call]
 
     config = uvicorn.Config(
         web, host=settings.bot_host, port=settings.bot_port, log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
+
+    def stop_serving() -> None:
+        server.should_exit = True
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+            loop.add_signal_handler(sig, stop_serving)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign,attr-defined]
     # Everything allocated so far lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stop every request in flight for ~100 ms (measured by benchmarks/ack.py).
     gc.collect()
     gc.freeze()
-    log.info("registry-bot serving on %s:%s as replica %s", settings.bot_host, settings.bot_port, bot.replica)
+    log.info("registry-bot serving on %s:%s as replica %s", settings.bot_host, settings.bot_port, replica)
     try:
         await server.serve()
     finally:
@@ -109,28 +143,6 @@ async def run(settings: Settings) -> None:
         if socket_mode is not None:
             with contextlib.suppress(Exception):
                 await socket_mode.close_async()  # type: ignore[no-untyped-call]
-        for task in list(bot.tasks):
-            task.cancel()
-        await asyncio.gather(*bot.tasks, return_exceptions=True)
+        await supervisor.stop()
         store.close()
         log.info("registry-bot stopped")
-
-
-class NoLeadership:
-    """Until the scheduler exists: every replica is a standby that serves Slack and the webhook."""
-
-    def role(self) -> str:
-        return "standby"
-
-    async def stop(self) -> None:
-        return None
-
-
-async def start_leadership(bot: Any) -> Any:
-    try:
-        from bot.scheduler import Leadership
-    except ModuleNotFoundError:
-        return NoLeadership()
-    leadership = Leadership(bot)
-    await leadership.start()
-    return leadership

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -594,12 +593,13 @@ def cluster_env(kubeconfig: Path) -> Iterator[None]:
 def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
     """Run the bot's Kubernetes code against the stand-in, batch by batch, and audit each batch."""
     from bot.integrations.kube import Kube
-    from bot.runbook.base import PhaseContext, RecordingProgress, SecretResolver
+    from bot.runbook.base import PhaseContext, RecordingProgress
     from bot.runbook.diagnose import diagnose
     from bot.runbook.node import node
     from bot.runbook.restart import restart
     from bot.runbook.verify import verify
     from bot.scheduler import LOCK_NAME, KubeLease
+    from bot.secrets import SecretResolver
     from tests.peers.kube_api import KubeStandIn
     from tests.peers.registry import ImagePusher
     from tests.world import unsaved_incident
@@ -666,12 +666,8 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
         namespaced = settings.with_values(kube_namespaces=("payroll", "monitoring"))
         assert asyncio.run(Kube(namespaced).consumers(image.name, image.tag, frozenset({image.digest})))
         kube_client = Kube(settings)
-        leader = KubeLease(
-            types.SimpleNamespace(kube=kube_client, replica="registry-bot-a"), BOT_NAMESPACE, LOCK_NAME, 15
-        )
-        other = KubeLease(
-            types.SimpleNamespace(kube=kube_client, replica="registry-bot-b"), BOT_NAMESPACE, LOCK_NAME, 15
-        )
+        leader = KubeLease(kube_client, "registry-bot-a", BOT_NAMESPACE, LOCK_NAME, 15)
+        other = KubeLease(kube_client, "registry-bot-b", BOT_NAMESPACE, LOCK_NAME, 15)
         assert asyncio.run(leader.try_acquire()) is True  # creates the Lease
         assert asyncio.run(leader.try_acquire()) is True  # renews it
         assert asyncio.run(other.try_acquire()) is False  # held: the standby only reads

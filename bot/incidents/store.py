@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.errors import UserFacingError
+from bot.incidents.lifecycle import ApprovalStatus, RunStatus, State
 from bot.incidents.models import (
     ApprovalRequest,
     AuditEvent,
@@ -32,18 +33,6 @@ from bot.incidents.models import (
 from bot.registry.model import CheckResult
 
 log = logging.getLogger(__name__)
-
-OPEN_STATES = (
-    "open",
-    "diagnosed",
-    "rebuilding",
-    "rebuilt",
-    "restarting",
-    "restarted",
-    "verifying",
-    "still_broken",
-    "failed",
-)
 
 
 class StoreUnavailable(UserFacingError):
@@ -125,7 +114,7 @@ class Store:
                         registry_host=result.registry,
                         image=image,
                         open_key=key,
-                        state="open",
+                        state=State.OPEN,
                         source=source,
                         source_user=user,
                         first_seen=now,
@@ -160,13 +149,14 @@ class Store:
             _update_incident(session, incident, fields)
             return incident
 
-    def set_clicked(self, incident_id: int, action_id: str, label: str) -> Incident:
+    def set_clicked(self, incident_id: int, phase: str, user: str) -> Incident:
+        """Remember who started `phase` from its button, so the root shows who did it in its place."""
         with self._tx() as session:
             incident = session.get(Incident, incident_id)
             if incident is None:
                 raise KeyError(incident_id)
             clicked = json.loads(incident.clicked or "{}")
-            clicked[action_id] = label
+            clicked[phase] = user
             incident.clicked = json.dumps(clicked)
             return incident
 
@@ -204,7 +194,7 @@ class Store:
                         incident_id=incident_id,
                         phase=phase,
                         attempt=attempt,
-                        status="running",
+                        status=RunStatus.RUNNING,
                         target=target,
                         requested_by=requested_by,
                         approved_by=approved_by,
@@ -227,7 +217,7 @@ class Store:
     def running_phase(self, incident_id: int) -> PhaseRun | None:
         with self._tx() as session:
             return session.scalars(
-                select(PhaseRun).where(PhaseRun.incident_id == incident_id, PhaseRun.status == "running")
+                select(PhaseRun).where(PhaseRun.incident_id == incident_id, PhaseRun.status == RunStatus.RUNNING)
             ).first()
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -240,7 +230,7 @@ class Store:
         with self._tx() as session:
             session.execute(
                 update(PhaseRun)
-                .where(PhaseRun.id.in_(run_ids), PhaseRun.status == "running")
+                .where(PhaseRun.id.in_(run_ids), PhaseRun.status == RunStatus.RUNNING)
                 .values(heartbeat_at=utcnow())
             )
 
@@ -250,18 +240,20 @@ class Store:
         status: str,
         summary: str,
         steps: str,
-        fields: dict[str, Any],
+        decide: Callable[[Incident], dict[str, Any]],
         check: CheckResult | None = None,
     ) -> Incident:
-        """End a run and move its incident in one transaction, so neither is left half-recorded."""
+        """End a run and move its incident in one transaction, so neither is left half-recorded.
+
+        `decide(incident)` gives the incident's new fields from its state as it is inside the transaction."""
         with self._tx() as session:
             run = session.get(PhaseRun, run_id)
             if run is None:
                 raise KeyError(run_id)
             now = utcnow()
             run.status = status
-            run.result = summary if status == "succeeded" else None
-            run.error = None if status == "succeeded" else summary
+            run.result = summary if status == RunStatus.SUCCEEDED else None
+            run.error = None if status == RunStatus.SUCCEEDED else summary
             run.steps = steps
             run.finished_at = now
             run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
@@ -270,13 +262,13 @@ class Store:
                 raise KeyError(run.incident_id)
             if check is not None:
                 _apply_result(incident, check)
-            _update_incident(session, incident, fields)
+            _update_incident(session, incident, decide(incident))
             return incident
 
-    def stranded(self, during_states: tuple[str, ...]) -> list[Incident]:
+    def stranded(self, during_states: frozenset[State]) -> list[Incident]:
         """Open incidents in a during-phase state (rebuilding, restarting) with no phase running."""
         with self._tx() as session:
-            running = select(PhaseRun.incident_id).where(PhaseRun.status == "running")
+            running = select(PhaseRun.incident_id).where(PhaseRun.status == RunStatus.RUNNING)
             return list(
                 session.scalars(
                     select(Incident).where(
@@ -293,17 +285,19 @@ class Store:
         cutoff = utcnow() - stale_after
         with self._tx() as session:
             stale = list(
-                session.scalars(select(PhaseRun).where(PhaseRun.status == "running", PhaseRun.heartbeat_at < cutoff))
+                session.scalars(
+                    select(PhaseRun).where(PhaseRun.status == RunStatus.RUNNING, PhaseRun.heartbeat_at < cutoff)
+                )
             )
             claimed = []
             for run in stale:
                 done = session.execute(
                     update(PhaseRun)
-                    .where(PhaseRun.id == run.id, PhaseRun.status == "running")
-                    .values(status="interrupted", finished_at=utcnow(), error="the bot stopped while it ran")
+                    .where(PhaseRun.id == run.id, PhaseRun.status == RunStatus.RUNNING)
+                    .values(status=RunStatus.INTERRUPTED, finished_at=utcnow(), error="the bot stopped while it ran")
                 )
                 if done.rowcount:  # type: ignore[attr-defined]
-                    run.status = "interrupted"
+                    run.status = RunStatus.INTERRUPTED
                     claimed.append(run)
             return claimed
 
@@ -321,7 +315,7 @@ class Store:
                 requested_by=requested_by,
                 requested_at=now,
                 expires_at=now + ttl,
-                status="pending",
+                status=ApprovalStatus.PENDING,
             )
             session.add(request)
             session.flush()
@@ -342,18 +336,17 @@ class Store:
             request = session.get(ApprovalRequest, request_id)
             if request is None:
                 return ApprovalAnswer(False, None, "that approval request does not exist")
-            if request.status != "pending":
-                by = f" by <@{request.answered_by}>" if request.answered_by else ""
-                return ApprovalAnswer(False, request, f"that request was already {request.status}{by}")
+            if request.status != ApprovalStatus.PENDING:
+                return ApprovalAnswer(False, request, f"that request was already {request.status}")
             if request.expires_at <= now:
-                request.status = "expired"
+                request.status = ApprovalStatus.EXPIRED
                 return ApprovalAnswer(False, request, "that request expired")
             if approve and request.requested_by == user:
                 return ApprovalAnswer(False, request, "you requested it; a different approver must approve it")
-            status = "approved" if approve else "denied"
+            status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
             done = session.execute(
                 update(ApprovalRequest)
-                .where(ApprovalRequest.id == request_id, ApprovalRequest.status == "pending")
+                .where(ApprovalRequest.id == request_id, ApprovalRequest.status == ApprovalStatus.PENDING)
                 .values(status=status, answered_by=user, answered_at=now)
             )
             if not done.rowcount:  # type: ignore[attr-defined]
@@ -367,12 +360,12 @@ class Store:
             expired = list(
                 session.scalars(
                     select(ApprovalRequest).where(
-                        ApprovalRequest.status == "pending", ApprovalRequest.expires_at <= now
+                        ApprovalRequest.status == ApprovalStatus.PENDING, ApprovalRequest.expires_at <= now
                     )
                 )
             )
             for request in expired:
-                request.status = "expired"
+                request.status = ApprovalStatus.EXPIRED
             return expired
 
     def pending_approvals(self, incident_id: int) -> list[ApprovalRequest]:
@@ -380,7 +373,7 @@ class Store:
             return list(
                 session.scalars(
                     select(ApprovalRequest).where(
-                        ApprovalRequest.incident_id == incident_id, ApprovalRequest.status == "pending"
+                        ApprovalRequest.incident_id == incident_id, ApprovalRequest.status == ApprovalStatus.PENDING
                     )
                 )
             )
@@ -460,13 +453,13 @@ class Store:
 def _update_incident(session: Session, incident: Incident, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
         setattr(incident, name, value)
-    if fields.get("state") == "resolved":
+    if fields.get("state") == State.RESOLVED:
         # Closed: a new break of the same image opens a new incident; pending approvals lapse with it.
         incident.open_key = None
         session.execute(
             update(ApprovalRequest)
-            .where(ApprovalRequest.incident_id == incident.id, ApprovalRequest.status == "pending")
-            .values(status="expired", answered_at=utcnow())
+            .where(ApprovalRequest.incident_id == incident.id, ApprovalRequest.status == ApprovalStatus.PENDING)
+            .values(status=ApprovalStatus.EXPIRED, answered_at=utcnow())
         )
 
 

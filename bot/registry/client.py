@@ -23,12 +23,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from bot.config import Settings
 from bot.errors import AuthFailed, CouldNotCheck
+from bot.registry.media import ACCEPT
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,6 @@ class RegistryClient:
         self._repo_scope: dict[str, str] = {}
         self._closed = False
         self._session: aiohttp.ClientSession | None = None
-        self.requests_made = 0
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -170,6 +170,18 @@ class RegistryClient:
         url = f"{self.base_url}{path}"
         return await self._send_with_retries(method, url, headers, params, False, with_auth=False)
 
+    # --- manifests by reference ------------------------------------------------------------------------
+
+    async def resolve_digest(self, name: str, reference: str) -> str | None:
+        """The digest a tag points at now (HEAD); None when it does not resolve."""
+        response = await self.request("HEAD", f"/v2/{name}/manifests/{reference}", headers={"Accept": ACCEPT})
+        return response.headers.get("Docker-Content-Digest") or None if response.status_code == 200 else None
+
+    async def delete_manifest(self, name: str, digest: str) -> int:
+        """DELETE a manifest by digest, which removes every tag pointing at it; the answer's HTTP status."""
+        response = await self.request("DELETE", f"/v2/{name}/manifests/{quote(digest, safe=':')}")
+        return response.status_code
+
     async def _send_with_retries(
         self,
         method: str,
@@ -196,7 +208,6 @@ class RegistryClient:
                         method, url, headers=all_headers, params=params, allow_redirects=follow_redirects
                     ) as answer,
                 ):
-                    self.requests_made += 1
                     status = answer.status
                     content = b"" if method == "HEAD" else await answer.read()
                     next_page = answer.links.get("next")

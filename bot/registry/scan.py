@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -96,7 +95,7 @@ async def list_repositories(client: RegistryClient) -> tuple[list[str], str]:
     except CouldNotCheck:
         if client.settings.registry_kind != "forgejo":
             raise
-    from bot.integrations.forgejo import ForgejoPackages  # only on the fallback path
+    from bot.registry.forgejo import ForgejoPackages  # only on the fallback path
 
     packages = ForgejoPackages(client)
     return await packages.container_repositories(client.settings.forgejo_owners), "packages API"
@@ -106,14 +105,10 @@ async def list_tags(client: RegistryClient, name: str) -> list[str]:
     return await _paged(client, f"/v2/{name}/tags/list", {"n": str(PAGE_SIZE)}, "tags")
 
 
-ProgressCallback = Callable[[CheckResult], Awaitable[None] | None]
-
-
 async def scan_registry(
     client: RegistryClient,
     *,
     tags_per_repo: int | None = None,
-    on_result: ProgressCallback | None = None,
 ) -> ScanResult:
     started = time.perf_counter()
     result = ScanResult(registry=client.settings.registry_host)
@@ -131,10 +126,6 @@ async def scan_registry(
     async def check_tag(name: str, tag: str) -> CheckResult:
         async with gate:
             outcome = await checker.check(ImageRef(name=name, tag=tag), display=f"{name}:{tag}")
-        if on_result is not None:
-            maybe = on_result(outcome)
-            if maybe is not None:
-                await maybe
         return outcome
 
     async def check_repository(name: str) -> list[CheckResult]:
