@@ -12,10 +12,22 @@ import secrets
 import signal
 import socket
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot import logsetup
 from bot.config import Settings, setting_fields
 from bot.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from slack_bolt.async_app import AsyncApp
+    from starlette.applications import Starlette
+
+    from bot.engine.ports import Supervisor
+    from bot.engine.recovery import Recovery
+    from bot.incidents.store import Store
+    from bot.scheduler import Leadership
+    from bot.slack.gateway import SlackGateway
 
 log = logging.getLogger("bot.serve")
 REQUIRED = ("registry_url", "slack_bot_token", "slack_signing_secret", "slack_channel", "alertmanager_token")
@@ -52,13 +64,24 @@ def replica_id(settings: Settings) -> str:
     return f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-async def run(settings: Settings) -> None:
-    """The composition root: every part built once here and handed what it uses."""
-    import uvicorn
+@dataclass
+class Parts:
+    replica: str
+    store: Store
+    slack: SlackGateway
+    supervisor: Supervisor
+    leadership: Leadership
+    recovery: Recovery
+    bolt: AsyncApp
+    web: Starlette
 
+
+async def compose(settings: Settings) -> Parts:
+    """The composition root: every part built once here and handed what it uses."""
     from bot.engine.intake import Intake
     from bot.engine.ports import Supervisor
     from bot.engine.recovery import Recovery
+    from bot.engine.requests import Requests
     from bot.engine.runner import Runner
     from bot.incidents.store import Store
     from bot.integrations.kube import Kube, kube_configured
@@ -104,22 +127,29 @@ async def run(settings: Settings) -> None:
     )
     intake = Intake(settings, store, notifier, supervisor, runner, kube=kube, secrets=secret_resolver)
     recovery = Recovery(settings, store, notifier, supervisor, runner, lambda: leadership.is_leader)
-    clicks = Clicks(settings, store, slack, notifier, intake, runner)
+    clicks = Clicks(settings, store, slack, notifier, intake, Requests(settings, store, notifier, runner))
     bolt = SlackApp(settings, store, slack, supervisor, intake, clicks).build()
     web = build_web(settings, store, intake, bolt, leadership.role, replica)
+    return Parts(replica, store, slack, supervisor, leadership, recovery, bolt, web)
 
+
+async def run(settings: Settings) -> None:
+    import uvicorn
+
+    parts = await compose(settings)
+    supervisor, leadership = parts.supervisor, parts.leadership
     await leadership.start()
-    supervisor.spawn(slack.identify(), "identifying the bot with Slack")
-    recovery.start()
+    supervisor.spawn(parts.slack.identify(), "identifying the bot with Slack")
+    parts.recovery.start()
     socket_mode = None
     if settings.slack_app_token:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-        socket_mode = AsyncSocketModeHandler(bolt, settings.slack_app_token.reveal())
+        socket_mode = AsyncSocketModeHandler(parts.bolt, settings.slack_app_token.reveal())
         supervisor.spawn(socket_mode.connect_async(), "connecting Socket Mode")  # type: ignore[no-untyped-call]
 
     config = uvicorn.Config(
-        web, host=settings.bot_host, port=settings.bot_port, log_level="warning", access_log=False, lifespan="off"
+        parts.web, host=settings.bot_host, port=settings.bot_port, log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
@@ -135,7 +165,7 @@ async def run(settings: Settings) -> None:
     # which otherwise stop every request in flight for ~100 ms (measured by benchmarks/ack.py).
     gc.collect()
     gc.freeze()
-    log.info("registry-bot serving on %s:%s as replica %s", settings.bot_host, settings.bot_port, replica)
+    log.info("registry-bot serving on %s:%s as replica %s", settings.bot_host, settings.bot_port, parts.replica)
     try:
         await server.serve()
     finally:
@@ -144,5 +174,5 @@ async def run(settings: Settings) -> None:
             with contextlib.suppress(Exception):
                 await socket_mode.close_async()  # type: ignore[no-untyped-call]
         await supervisor.stop()
-        store.close()
+        parts.store.close()
         log.info("registry-bot stopped")

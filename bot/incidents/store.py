@@ -1,42 +1,30 @@
-"""The incident store: every read and write of incidents, phase runs, approvals, audit and deliveries.
+"""The incident store: every read and write of the bot's database, one short transaction each.
 
-Methods are synchronous and short (one transaction each); async code calls them through
-`asyncio.to_thread`. Works on SQLite (embedded, WAL) and PostgreSQL (several replicas).
+Incidents and phase runs are here; approvals, audit, deliveries and the leader lock in records.py; the
+engine and transactions in database.py. Async code calls these methods through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from bot.errors import UserFacingError
+from bot.incidents.database import StoreUnavailable
 from bot.incidents.lifecycle import ApprovalStatus, RunStatus, State
-from bot.incidents.models import (
-    ApprovalRequest,
-    AuditEvent,
-    Delivery,
-    Incident,
-    LeaderLock,
-    PhaseRun,
-    utcnow,
-)
+from bot.incidents.models import ApprovalRequest, Incident, PhaseRun, utcnow
+from bot.incidents.records import Records
 from bot.registry.model import CheckResult
 
+__all__ = ["AlreadyRunning", "Store", "StoreUnavailable"]
 log = logging.getLogger(__name__)
-
-
-class StoreUnavailable(UserFacingError):
-    """The database cannot be reached or stays locked."""
 
 
 @dataclass(frozen=True)
@@ -44,54 +32,12 @@ class AlreadyRunning:
     run: PhaseRun
 
 
-@dataclass(frozen=True)
-class ApprovalAnswer:
-    accepted: bool
-    request: ApprovalRequest | None
-    reason: str = ""
-
-
 def open_key(registry: str, image: str) -> str:
     return f"{registry}/{image}"
 
 
-class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time; serialising our own writers avoids busy errors under load.
-        self._sqlite_writer = threading.Lock() if self.engine.dialect.name == "sqlite" else None
-
-    def migrate(self) -> None:
-        from bot.migrations import upgrade
-
-        upgrade(self.engine)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        lock = self._sqlite_writer
-        if lock:
-            lock.acquire()
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise StoreUnavailable(f"The bot's database is unavailable ({_short(exc)}); try again shortly.") from None
-        finally:
-            if lock:
-                lock.release()
-
-    def ping(self) -> bool:
-        try:
-            with self._tx() as session:
-                session.execute(select(1))
-            return True
-        except StoreUnavailable:
-            return False
+class Store(Records):
+    """Incidents and their phase runs (and, from Records, approvals, audit, deliveries, leadership)."""
 
     # --- incidents ------------------------------------------------------------------------------------
 
@@ -301,154 +247,6 @@ class Store:
                     claimed.append(run)
             return claimed
 
-    # --- approvals ------------------------------------------------------------------------------------
-
-    def create_approval(
-        self, incident_id: int, phase: str, requested_by: str, ttl: timedelta, target: str | None = None
-    ) -> ApprovalRequest:
-        now = utcnow()
-        with self._tx() as session:
-            request = ApprovalRequest(
-                incident_id=incident_id,
-                phase=phase,
-                target=target,
-                requested_by=requested_by,
-                requested_at=now,
-                expires_at=now + ttl,
-                status=ApprovalStatus.PENDING,
-            )
-            session.add(request)
-            session.flush()
-            return request
-
-    def get_approval(self, request_id: int) -> ApprovalRequest | None:
-        with self._tx() as session:
-            return session.get(ApprovalRequest, request_id)
-
-    def set_approval_message(self, request_id: int, ts: str) -> None:
-        with self._tx() as session:
-            session.execute(update(ApprovalRequest).where(ApprovalRequest.id == request_id).values(message_ts=ts))
-
-    def answer_approval(self, request_id: int, user: str, approve: bool) -> ApprovalAnswer:
-        """Approve or deny a pending request. Only the first answer counts; the requester cannot answer."""
-        now = utcnow()
-        with self._tx() as session:
-            request = session.get(ApprovalRequest, request_id)
-            if request is None:
-                return ApprovalAnswer(False, None, "that approval request does not exist")
-            if request.status != ApprovalStatus.PENDING:
-                return ApprovalAnswer(False, request, f"that request was already {request.status}")
-            if request.expires_at <= now:
-                request.status = ApprovalStatus.EXPIRED
-                return ApprovalAnswer(False, request, "that request expired")
-            if approve and request.requested_by == user:
-                return ApprovalAnswer(False, request, "you requested it; a different approver must approve it")
-            status = ApprovalStatus.APPROVED if approve else ApprovalStatus.DENIED
-            done = session.execute(
-                update(ApprovalRequest)
-                .where(ApprovalRequest.id == request_id, ApprovalRequest.status == ApprovalStatus.PENDING)
-                .values(status=status, answered_by=user, answered_at=now)
-            )
-            if not done.rowcount:  # type: ignore[attr-defined]
-                return ApprovalAnswer(False, request, "that request was already answered")
-            request.status, request.answered_by, request.answered_at = status, user, now
-            return ApprovalAnswer(True, request)
-
-    def expire_approvals(self) -> list[ApprovalRequest]:
-        now = utcnow()
-        with self._tx() as session:
-            expired = list(
-                session.scalars(
-                    select(ApprovalRequest).where(
-                        ApprovalRequest.status == ApprovalStatus.PENDING, ApprovalRequest.expires_at <= now
-                    )
-                )
-            )
-            for request in expired:
-                request.status = ApprovalStatus.EXPIRED
-            return expired
-
-    def pending_approvals(self, incident_id: int) -> list[ApprovalRequest]:
-        with self._tx() as session:
-            return list(
-                session.scalars(
-                    select(ApprovalRequest).where(
-                        ApprovalRequest.incident_id == incident_id, ApprovalRequest.status == ApprovalStatus.PENDING
-                    )
-                )
-            )
-
-    # --- audit ------------------------------------------------------------------------------------------
-
-    def audit(
-        self,
-        action: str,
-        outcome: str,
-        *,
-        user: str | None = None,
-        incident_id: int | None = None,
-        phase: str | None = None,
-        detail: str = "",
-    ) -> AuditEvent:
-        with self._tx() as session:
-            entry = AuditEvent(
-                at=utcnow(),
-                user=user,
-                incident_id=incident_id,
-                phase=phase,
-                action=action,
-                outcome=outcome,
-                detail=detail[:2000],
-            )
-            session.add(entry)
-            session.flush()
-            return entry
-
-    def audit_events(self, since: datetime | None = None, incident_id: int | None = None) -> list[AuditEvent]:
-        with self._tx() as session:
-            query = select(AuditEvent).order_by(AuditEvent.id)
-            if since is not None:
-                query = query.where(AuditEvent.at >= since)
-            if incident_id is not None:
-                query = query.where(AuditEvent.incident_id == incident_id)
-            return list(session.scalars(query))
-
-    # --- deliveries and leadership ------------------------------------------------------------------
-
-    def claim_delivery(self, key: str) -> bool:
-        """True the first time a delivery key is seen, by any replica; False for a repeat."""
-        try:
-            with self._tx() as session:
-                session.add(Delivery(key=key[:255], at=utcnow()))
-            return True
-        except IntegrityError:
-            return False
-
-    def forget_deliveries(self, older_than: timedelta) -> None:
-        with self._tx() as session:
-            session.execute(delete(Delivery).where(Delivery.at < utcnow() - older_than))
-
-    def try_lead(self, name: str, holder: str, ttl: timedelta) -> bool:
-        """Take or renew the named lock; True while `holder` holds it."""
-        now = utcnow()
-        try:
-            with self._tx() as session:
-                lock = session.get(LeaderLock, name, with_for_update=True)
-                if lock is None:
-                    session.add(LeaderLock(name=name, holder=holder, expires_at=now + ttl))
-                    return True
-                if lock.holder == holder or lock.expires_at <= now:
-                    lock.holder = holder
-                    lock.expires_at = now + ttl
-                    return True
-                return False
-        except IntegrityError:
-            return False
-
-    def release_lead(self, name: str, holder: str) -> None:
-        with self._tx() as session:
-            session.execute(delete(LeaderLock).where(LeaderLock.name == name, LeaderLock.holder == holder))
-
 
 def _update_incident(session: Session, incident: Incident, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
@@ -470,27 +268,3 @@ def _apply_result(incident: Incident, result: CheckResult) -> None:
     if result.status != "error":
         incident.problems = json.dumps([p.to_json() for p in result.problems])
         incident.objects_checked = result.objects_checked
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # In WAL mode NORMAL is safe from corruption and skips an fsync per commit; a power cut may lose
-            # the last commits, a crash of the bot loses nothing.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-def _short(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", exc)).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Coroutine
 from typing import Any
 
@@ -91,7 +92,7 @@ class SlackApp:
         app.action(blocks.APPROVE)(self._listener(lambda click: self.clicks.answer(click, approve=True)))
         app.action(blocks.DENY)(self._listener(lambda click: self.clicks.answer(click, approve=False)))
         app.action(blocks.CHECK_NOW)(self._listener(self.clicks.check_now))
-        app.action({"type": "block_actions"})(self._listener(self.clicks.unknown))  # any other action_id
+        app.action(re.compile(".*"))(self._listener(self.clicks.unknown))  # any other action_id (Bolt: first match)
         return app
 
     def _phase_listener(self, spec: PhaseSpec) -> Any:

@@ -18,7 +18,8 @@ from typing import Any
 from bot.config import Settings
 from bot.engine.intake import Intake
 from bot.engine.ports import Audit
-from bot.engine.runner import AwaitingApproval, Busy, Decision, Denied, Refused, Runner, Started
+from bot.engine.requests import AwaitingApproval, Decision, Denied, Refused, Requests
+from bot.engine.runner import Busy, Started
 from bot.incidents import lifecycle
 from bot.incidents.approvals import Guard
 from bot.incidents.lifecycle import PhaseSpec, State
@@ -74,14 +75,14 @@ class Clicks:
         slack: SlackGateway,
         notifier: SlackNotifier,
         intake: Intake,
-        runner: Runner,
+        requests: Requests,
     ) -> None:
         self.settings = settings
         self.store = store
         self.slack = slack
         self.notifier = notifier
         self.intake = intake
-        self.runner = runner
+        self.requests = requests
         self.guard = Guard(settings, slack)
         self.audit = Audit(store)
 
@@ -147,7 +148,7 @@ class Clicks:
         if spec.destructive and not await self.approver(click, incident, f"run {blocks.title(spec.phase)}", spec.phase):
             await self.notifier.refused_not_approver(incident, click.user, spec.phase)
             return
-        decision = await self.runner.request(incident, spec.phase, click.user, target)
+        decision = await self.requests.request(incident, spec.phase, click.user, target)
         await self.tell(click, decision)
 
     async def answer(self, click: Click, approve: bool) -> None:
@@ -166,7 +167,7 @@ class Clicks:
             return
         if not await self.approver(click, incident, "answer", request.phase):
             return
-        await self.tell(click, await self.runner.answer(request, incident, click.user, approve))
+        await self.tell(click, await self.requests.answer(request, incident, click.user, approve))
 
     async def check_now(self, click: Click) -> None:
         if not await self.first_delivery(click):
