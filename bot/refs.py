@@ -6,14 +6,15 @@ Validation happens before any network request, so a malformed or foreign referen
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.errors import BadReference
 
 # From distribution/reference's grammar (reference/regexp.go).
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+# ASCII only, as in distribution: Python's `\w` would also take Unicode letters and digits.
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", re.ASCII)
 _DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _HOST = re.compile(
@@ -21,6 +22,8 @@ _HOST = re.compile(
 )
 MAX_NAME_LENGTH = 255
 MAX_REFERENCE_LENGTH = 512
+DEFAULT_TAG = "latest"
+IMPLIED_TAG_NOTE = f"no tag given; checked :{DEFAULT_TAG}"
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,18 @@ class ImageRef:
     name: str
     tag: str | None = None
     digest: str | None = None
+    # True when the text named no tag nor digest and `latest` was taken, as docker and skopeo do.
+    tag_implied: bool = field(default=False, compare=False)
+
+    @property
+    def implied_note(self) -> str | None:
+        """What a verdict should add when the tag was not given but implied."""
+        return IMPLIED_TAG_NOTE if self.tag_implied else None
 
     @property
     def reference(self) -> str:
         """What to put after /manifests/: the digest when there is one, else the tag."""
-        return self.digest or self.tag or "latest"
+        return self.digest or self.tag or DEFAULT_TAG
 
     @property
     def owner(self) -> str:
@@ -68,7 +78,7 @@ def validate_digest(digest: str) -> str:
 
 
 def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef:
-    """Parse `[host[:port]/]owner/name(:tag|@digest|:tag@digest)`.
+    """Parse `[host[:port]/]owner/name[:tag][@digest]`; with neither tag nor digest the tag is `latest`.
 
     `registry_hosts` are the host[:port] names of the configured registry; a reference naming any other
     host is refused, since the bot holds credentials for its own registry only.
@@ -105,7 +115,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
         if not _TAG.match(tag):
             raise BadReference(
-                f"'{_clip(tag)}' is not a valid tag: up to 128 letters, digits, '_', '.', '-', "
+                f"'{_clip(tag)}' is not a valid tag: up to 128 ASCII letters, digits, '_', '.', '-', "
                 "not starting with '.' or '-'."
             )
 
@@ -122,7 +132,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     if len(name) > MAX_NAME_LENGTH:
         raise BadReference(f"The repository name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}.")
     if tag is None and digest is None:
-        raise BadReference(f"'{_clip(raw)}' has no tag or digest: add ':<tag>' or '@sha256:<digest>'.")
+        return ImageRef(name=name, tag=DEFAULT_TAG, tag_implied=True)
     return ImageRef(name=name, tag=tag, digest=digest)
 
 
