@@ -61,7 +61,13 @@ class Settings:
     registry_kind: str = _setting("forgejo", "forgejo or distribution: how versions are listed and deleted.")
     registry_hosts: tuple[str, ...] = _setting(
         (),
-        "Other host[:port] names of the same registry (in-cluster service name, mirrors), comma-separated.",
+        "Other host[:port] names of the same registry (in-cluster service name, public name, mirrors), "
+        "comma-separated; trusted as its own (a token realm there gets the login).",
+    )
+    registry_token_realms: tuple[str, ...] = _setting(
+        (),
+        "Hosts (host[:port]) besides the registry's own that may receive its login as a Bearer token service "
+        "(e.g. auth.docker.io), comma-separated; the login goes nowhere else, and never from https to http.",
     )
     registry_instance: str = _setting(
         "", "The `instance` label the probe's metrics and alerts carry (default: REGISTRY_URL's host[:port])."
