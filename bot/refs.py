@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from bot.errors import BadReference
 
@@ -64,8 +65,31 @@ class ImageRef:
         return text
 
 
+def valid_repository_name(name: str) -> bool:
+    """Whether `name` fits the repository grammar (so it is safe in a /v2/<name>/... path)."""
+    return len(name) <= MAX_NAME_LENGTH and _NAME.fullmatch(name) is not None
+
+
+def valid_tag(tag: str) -> bool:
+    return _TAG.fullmatch(tag) is not None
+
+
+def valid_digest(digest: str) -> bool:
+    match = _DIGEST.fullmatch(digest)
+    return match is not None and len(match.group(2)) == _DIGEST_HEX_LENGTH[match.group(1)]
+
+
+def manifest_path(name: str, reference: str) -> str:
+    """`/v2/<name>/manifests/<tag or digest>`, refusing anything that is not one (a registry's answer may lie)."""
+    if not valid_repository_name(name):
+        raise BadReference(f"'{_clip(name)}' is not a valid repository name; it was not put in a request.")
+    if not (valid_digest(reference) or valid_tag(reference)):
+        raise BadReference(f"'{_clip(reference)}' is not a digest nor a tag; it was not put in a request.")
+    return f"/v2/{quote(name, safe='/')}/manifests/{quote(reference, safe=':')}"
+
+
 def validate_digest(digest: str) -> str:
-    match = _DIGEST.match(digest)
+    match = _DIGEST.fullmatch(digest)
     if not match:
         raise BadReference(f"'{_clip(digest)}' is not a digest: expected sha256:<64 hex> or sha512:<128 hex>.")
     algorithm, hex_part = match.groups()
@@ -101,7 +125,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     host = None
     if sep and ("." in first or ":" in first or first == "localhost"):
         host, remainder = first, rest
-        if not _HOST.match(host):
+        if not _HOST.fullmatch(host):
             raise BadReference(f"'{_clip(host)}' is not a valid registry host.")
         allowed = {h.lower() for h in registry_hosts}
         if host.lower() not in allowed:
@@ -113,7 +137,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     colon = remainder.rfind(":")
     if colon > last_slash:
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise BadReference(
                 f"'{_clip(tag)}' is not a valid tag: up to 128 ASCII letters, digits, '_', '.', '-', "
                 "not starting with '.' or '-'."
@@ -122,9 +146,9 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     name = remainder
     if not name:
         raise BadReference(f"'{_clip(raw)}' names no repository: expected owner/name:tag.")
-    if name != name.lower() and _NAME.match(name.lower()):
+    if name != name.lower() and _NAME.fullmatch(name.lower()):
         raise BadReference(f"'{_clip(name)}' has capital letters; repository names are lowercase.")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise BadReference(
             f"'{_clip(name)}' is not a valid repository name: lowercase letters and digits in components "
             "separated by '/', joined inside by '.', '_', '__' or '-'."
@@ -167,7 +191,7 @@ def parse_container_image(image: str) -> ContainerImage | None:
     colon = remainder.rfind(":")
     if colon > remainder.rfind("/"):
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
-    if not remainder or not _NAME.match(remainder):
+    if not remainder or not _NAME.fullmatch(remainder):
         return None
     if tag is None and digest is None:
         tag = "latest"

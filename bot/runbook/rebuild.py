@@ -12,6 +12,7 @@ from bot.integrations.ci import CIError, CIRun
 from bot.integrations.forgejo import ForgejoPackages
 from bot.integrations.github import GitHubActions
 from bot.integrations.woodpecker import Woodpecker
+from bot.refs import manifest_path
 from bot.registry.integrity import ACCEPT
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
 from bot.runbook.diagnose import check_image
@@ -151,7 +152,7 @@ async def delete_broken_version(ctx: PhaseContext, progress: Progress) -> None:
             await progress.step("delete", f"Dry run: would `{what}`", "skipped")
             return
         await progress.step("delete", f"Deleting manifest `{digest[:19]}` of `{incident.name}`…")
-        answer = await client.request("DELETE", f"/v2/{incident.name}/manifests/{digest}")
+        answer = await client.request("DELETE", manifest_path(incident.name, digest))
     if answer.status_code == 405:
         await progress.step("delete", "The registry does not allow deletes (HTTP 405)", "failed")
         raise PhaseFailed("The registry refuses deletes (storage.delete.enabled is off); nothing was rebuilt.")
