@@ -157,7 +157,8 @@ def test_a_token_realm_on_the_registrys_own_or_other_names_gets_the_login(regist
 
 
 def test_https_credentials_never_go_to_a_plain_http_realm(registry, pusher, repo_name, tmp_path):
-    trustme = pytest.importorskip("trustme")
+    import trustme
+
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
