@@ -147,7 +147,11 @@ class Settings:
     ci_unreachable_grace: float = _setting(120.0, "Seconds CI may stop answering while the bot follows a pipeline.")
     rollout_timeout: float = _setting(600.0, "Seconds a restarted workload may take to roll out.")
     node_actions: bool = _setting(False, "Offer 'Drain <node> and restart containerd' (always two approvers).")
-    node_shell_image: str = _setting("alpine:3.20", "Image of the privileged pod that restarts containerd.")
+    node_shell_image: str = _setting(
+        "alpine:3.20@sha256:d9e853e87e55526f6b2917df91a2115c36dd7c696a35be12163d44e6e2a4b6bc",
+        "Image of the privileged pod that restarts containerd (pinned by digest; the node-actions admission policy "
+        "names the same image).",
+    )
     eviction_timeout: float = _setting(300.0, "Seconds to keep retrying evictions a PodDisruptionBudget refuses.")
     dry_run: bool = _setting(False, "Do every read, report every write, make none.")
     # --- phase 4 and the bot's own probe ---------------------------------------------------------------
