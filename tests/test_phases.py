@@ -23,6 +23,7 @@ from bot.runbook.restart import restart
 from tests.peers.forgejo import ForgejoStandIn, ForgejoUser
 from tests.peers.github_actions import GitHubActionsStandIn
 from tests.peers.kube_api import KubeStandIn
+from tests.peers.kube_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage, Registry
 from tests.peers.woodpecker import WoodpeckerStandIn
 from tests.world import unsaved_incident
@@ -81,6 +82,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
             monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
             kube.add_namespace("registry-bot")
             yield Cluster(registry, forgejo, woodpecker, github, kube, kubeconfig)
+            assert answer_errors(kube.answers) == []  # the stand-in answered only what Kubernetes 1.34 could
 
 
 def broken(cluster: Cluster, name: str = "viktor/payslip-ingest", tag: str = "latest") -> PushedImage:

@@ -41,10 +41,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bot.config import Secret, Settings, load_settings, setting_fields
+from tests.peers.kube_schema import KUBERNETES_VERSION  # the cluster's (ViktorBarzin/infra runs Kubernetes 1.34)
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-KUBERNETES_VERSION = "1.34.0"  # the cluster's (ViktorBarzin/infra runs Kubernetes 1.34)
 BOT_NAMESPACE = "registry-bot"
 SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "registry-bot", "namespace": BOT_NAMESPACE}
 CRD_KINDS = {"ExternalSecret", "ServiceMonitor", "PrometheusRule"}
@@ -614,6 +614,7 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
     from bot.runbook.verify import verify
     from bot.scheduler import LOCK_NAME, KubeLease
     from tests.peers.kube_api import KubeStandIn
+    from tests.peers.kube_schema import answer_errors
     from tests.peers.registry import ImagePusher
     from tests.world import unsaved_incident
 
@@ -717,6 +718,8 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
         assert asyncio.run(other.try_acquire()) is False
         asyncio.run(leader.release())
         batches["namespaced"] = audit(kube, {"namespaced": grants(namespaced_layout)})
+        # What the bot was answered is what a real API server of the cluster's version could answer.
+        assert answer_errors(kube.answers) == []
     return batches
 
 

@@ -14,6 +14,7 @@ from bot.incidents.models import Incident
 from tests.harness import APPROVER, APPROVER2, CHANNEL, VIEWER, BotProcess, roots
 from tests.peers.forgejo import ForgejoStandIn, ForgejoUser
 from tests.peers.kube_api import KubeStandIn
+from tests.peers.kube_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage, Registry
 from tests.peers.slack_api import SlackStandIn
 from tests.peers.woodpecker import WoodpeckerStandIn
@@ -107,6 +108,8 @@ def make_world() -> Iterator[World]:
         finally:
             for process in world.bots:
                 process.stop()
+        # Whatever the Kubernetes stand-in answered the bot, a Kubernetes 1.34 API server could have answered.
+        assert answer_errors(kube.answers) == []
 
 
 def unsaved_incident(registry_host: str, image: str, digest: str | None = None, **fields: Any) -> Incident:
