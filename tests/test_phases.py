@@ -26,6 +26,7 @@ from tests.peers.kube_api import KubeStandIn
 from tests.peers.kube_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage, Registry
 from tests.peers.woodpecker import WoodpeckerStandIn
+from tests.peers.woodpecker_protocol import protocol_errors
 from tests.world import unsaved_incident
 
 
@@ -83,6 +84,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
             kube.add_namespace("registry-bot")
             yield Cluster(registry, forgejo, woodpecker, github, kube, kubeconfig)
             assert answer_errors(kube.answers) == []  # the stand-in answered only what Kubernetes 1.34 could
+            assert protocol_errors(woodpecker) == []  # and Woodpecker's only what protocols.md says it does
 
 
 def broken(cluster: Cluster, name: str = "viktor/payslip-ingest", tag: str = "latest") -> PushedImage:
