@@ -155,10 +155,7 @@ class RegistryClient:
         """
         url = path if urlsplit(path).scheme else f"{self.base_url}{path}"
         if not self.same_origin(url):
-            raise CouldNotCheck(
-                f"The registry {self.settings.registry_host} pointed the bot at {host_of(url)}, another host; "
-                "the bot sends requests with its login only to the registry itself, so it could not check."
-            )
+            raise _elsewhere(self.settings, url)
         response = await self._send_with_retries(method, url, headers, params, follow_redirects)
         if response.status_code == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
@@ -270,7 +267,7 @@ class RegistryClient:
         """Get credentials for a 401. `refused` is the Authorization header the registry just refused."""
         scheme, params = parse_challenge(challenge)
         if scheme == "bearer" and params.get("realm"):
-            self._check_realm(params["realm"])
+            check_realm(self.settings, params["realm"])
             self._scheme = "bearer"
             scope = params.get("scope", "")
             if scope.startswith("repository:"):
@@ -299,36 +296,11 @@ class RegistryClient:
                 f"does not speak ({scheme or 'none given'})."
             )
 
-    def _check_realm(self, realm: str) -> None:
-        """Refuse (CouldNotCheck) a token realm the login must not go to."""
-        registry = self.settings.registry_host
-        parts = urlsplit(realm)
-        scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise CouldNotCheck(
-                f"The registry {registry} named a token service that is not an http(s) URL "
-                f"({host_of(realm) or _clip(realm)}), so the login was not sent and it could not be checked."
-            )
-        host = host_of(realm)
-        if scheme == "http" and urlsplit(self.base_url).scheme.lower() == "https":
-            raise CouldNotCheck(
-                f"The registry {registry} asked the bot to log in over plain http at {host}; the login never goes "
-                "from https to http, so it was not sent and the image could not be checked."
-            )
-        trusted = {h.lower() for h in (*self.settings.all_registry_hosts, *self.settings.registry_token_realms)}
-        if parts.username is not None or parts.password is not None or not (_host_forms(realm) & trusted):
-            raise CouldNotCheck(
-                f"The registry {registry} asked the bot to log in at {host}, which is not one of the registry's "
-                "own hosts nor in REGISTRY_TOKEN_REALMS, so the login was not sent and the image could not be "
-                "checked."
-            )
-
     async def _fetch_token(self, params: dict[str, str]) -> _Token:
         query = {key: params[key] for key in ("service", "scope") if params.get(key)}
         headers = {"Authorization": self._basic} if self._username else {}
         realm = params["realm"]
         try:
-            # No redirects: a token service that sends the login on elsewhere gets it refused instead.
             async with self._http().get(realm, params=query, headers=headers, allow_redirects=False) as answer:
                 status = answer.status
                 content = await answer.read()
@@ -354,6 +326,38 @@ class RegistryClient:
         return (
             f"Authentication failed: the registry {self.settings.registry_host} refused {who}; "
             "check REGISTRY_USERNAME and the token (REGISTRY_PASSWORD or Vault)."
+        )
+
+
+def _elsewhere(settings: Settings, url: str) -> CouldNotCheck:
+    return CouldNotCheck(
+        f"The registry {settings.registry_host} pointed the bot at {host_of(url)}, another host; the bot sends "
+        "requests with its login only to the registry itself, so it could not check."
+    )
+
+
+def check_realm(settings: Settings, realm: str) -> None:
+    """Refuse (CouldNotCheck) a token realm the registry's login must not go to."""
+    registry = settings.registry_host
+    parts = urlsplit(realm)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise CouldNotCheck(
+            f"The registry {registry} named a token service that is not an http(s) URL "
+            f"({host_of(realm) or _clip(realm)}), so the login was not sent and it could not be checked."
+        )
+    host = host_of(realm)
+    if scheme == "http" and urlsplit(settings.registry_url).scheme.lower() == "https":
+        raise CouldNotCheck(
+            f"The registry {registry} asked the bot to log in over plain http at {host}; the login never goes "
+            "from https to http, so it was not sent and the image could not be checked."
+        )
+    trusted = {h.lower() for h in (*settings.all_registry_hosts, *settings.registry_token_realms)}
+    if parts.username is not None or parts.password is not None or not (_host_forms(realm) & trusted):
+        raise CouldNotCheck(
+            f"The registry {registry} asked the bot to log in at {host}, which is not one of the registry's "
+            "own hosts nor in REGISTRY_TOKEN_REALMS, so the login was not sent and the image could not be "
+            "checked."
         )
 
 
