@@ -32,12 +32,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bot import __version__
+
     parser = _Parser(prog="registry-bot", description="Find, fix and verify broken images on an OCI registry.")
+    parser.add_argument("--version", action="version", version=f"registry-bot {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log requests and retries to stderr")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = commands.add_parser("check", help="check one image, down to every blob")
-    check.add_argument("reference", help="owner/name:tag or owner/name@sha256:<digest>, optionally host-prefixed")
+    check.add_argument(
+        "reference", help="owner/name[:tag] (default :latest) or owner/name@sha256:<digest>, optionally host-prefixed"
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
 
     scan = commands.add_parser("scan", help="check every tag of every repository")
@@ -94,22 +99,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from bot.errors import BadReference
     from bot.refs import parse_reference
     from bot.registry.model import CheckResult
 
     settings: Settings | None = None
+    ref: ImageRef | None = None
     try:
         settings = load_settings()
+        try:
+            ref = parse_reference(args.reference, settings.all_registry_hosts)
+        except BadReference:
+            if settings.registry_url:
+                raise
+            # Without a registry, a host prefix cannot be judged: the missing setting is the thing to fix.
         settings.require("registry_url")
-        ref = parse_reference(args.reference, settings.all_registry_hosts)
+        assert ref is not None
         result = asyncio.run(_check_one(settings, ref))
     except UserFacingError as exc:
         result = CheckResult(
-            reference=args.reference[:200],
+            reference=str(ref) if ref else args.reference[:200],
             registry=settings.registry_host if settings else "",
             status="error",
             error=str(exc),
         )
+    if ref is not None and ref.implied_note:
+        result.note = ref.implied_note
     if args.json:
         print(json.dumps(result.to_json()))
     else:

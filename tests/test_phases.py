@@ -25,8 +25,10 @@ from bot.secrets import SecretResolver
 from tests.peers.forgejo import ForgejoStandIn, ForgejoUser
 from tests.peers.github_actions import GitHubActionsStandIn
 from tests.peers.kube_api import KubeStandIn
+from tests.peers.kube_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage, Registry
 from tests.peers.woodpecker import WoodpeckerStandIn
+from tests.peers.woodpecker_protocol import protocol_errors
 from tests.world import unsaved_incident
 
 
@@ -83,6 +85,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
             monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
             kube.add_namespace("registry-bot")
             yield Cluster(registry, forgejo, woodpecker, github, kube, kubeconfig)
+            assert answer_errors(kube.answers) == []  # the stand-in answered only what Kubernetes 1.34 could
+            assert protocol_errors(woodpecker) == []  # and Woodpecker's only what protocols.md says it does
 
 
 def broken(cluster: Cluster, name: str = "viktor/payslip-ingest", tag: str = "latest") -> PushedImage:

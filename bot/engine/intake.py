@@ -181,6 +181,7 @@ class Intake:
     async def command_check(self, ref: ImageRef, user: str, channel: str) -> None:
         display = f"{ref.name}:{ref.tag}" if ref.tag else str(ref)
         result = await self.check(ref, display)
+        result.note = ref.implied_note
         await self.audit("check", result.status, user=user, detail=display)
         by_tag = ref.tag is not None and ref.digest is None
         if result.status == "broken" and by_tag:

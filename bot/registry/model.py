@@ -58,6 +58,7 @@ class CheckResult:
     elapsed_ms: int = 0
     error: str | None = None
     is_index: bool = False
+    note: str | None = None  # said after the verdict, e.g. that a bare name was checked as :latest
 
     @property
     def exit_code(self) -> int:
@@ -75,6 +76,8 @@ class CheckResult:
         }
         if self.error is not None:
             data["error"] = self.error
+        if self.note is not None:
+            data["note"] = self.note
         return data
 
     @classmethod
@@ -88,11 +91,14 @@ class CheckResult:
             objects_checked=data.get("objects_checked", 0),
             elapsed_ms=data.get("elapsed_ms", 0),
             error=data.get("error"),
+            note=data.get("note"),
         )
 
     def verdict(self) -> str:
         """The one-line verdict a person reads first."""
-        where = f"{self.reference} on {self.registry}"
+        where = self.reference + (f" ({self.note})" if self.note else "")
+        if self.registry:  # no "on" before an empty name when no registry is configured
+            where += f" on {self.registry}"
         if self.status == "error":
             return f"COULD NOT CHECK {where}: {self.error}"
         digest = f" ({short_digest(self.digest)})" if self.digest else ""
