@@ -258,7 +258,9 @@ def main() -> int:
         slack = SlackStandIn(channels={CHANNEL: "alerts"}, users={VIEWER: "viewer"})
         stack.callback(slack.stop)
         slack.start()
-        bot = BotProcess(slack, {"REGISTRY_URL": registry.url, "REGISTRY_KIND": "distribution"}, workdir=workdir)
+        # One simulated user sends every command: lift the per-user limit, which would refuse most of them.
+        env = {"REGISTRY_URL": registry.url, "REGISTRY_KIND": "distribution", "CHECKS_PER_USER": "100000"}
+        bot = BotProcess(slack, env, workdir=workdir)
         stack.callback(bot.http.close)
         stack.callback(bot.stop)
         bot.start()

@@ -119,6 +119,9 @@ class Settings:
     approver_group: str = _setting("", "Slack user group handle (or ID) whose members may approve.")
     two_person_rule: bool = _setting(False, "A second, different approver must approve each destructive phase.")
     approval_ttl: float = _setting(1800.0, "Seconds before an approval request expires.")
+    checks_per_user: int = _setting(
+        2, "Checks and scans one Slack user may have running at once; more are refused, privately."
+    )
     heartbeat_interval: float = _setting(
         10.0, "Seconds between a running phase's heartbeats; 3 missed ones mark it interrupted."
     )

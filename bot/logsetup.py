@@ -11,11 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 _SECRETS: set[str] = set()
+# Credentials of well-known shapes, wherever they come from (a build log that echoes a token, say).
+TOKEN_SHAPES = re.compile(
+    r"gh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
+    r"|github_pat_[A-Za-z0-9_]{20,}"
+    r"|xox[abpres]-[A-Za-z0-9-]{10,}"  # Slack tokens
+    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab
+    r"|(?:AKIA|ASIA)[A-Z0-9]{16}"  # AWS access key ids
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
+)
 
 
 def register_secret(value: str) -> None:
@@ -25,10 +35,22 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
+    """The bot's own secrets and anything shaped like a well-known token, masked."""
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "**********")
-    return text
+    return TOKEN_SHAPES.sub("**********", text)
+
+
+def redact_tree(value: Any) -> Any:
+    """`redact` over every string in a JSON-like value (a Slack message's blocks)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [redact_tree(v) for v in value]
+    if isinstance(value, dict):
+        return {k: redact_tree(v) for k, v in value.items()}
+    return value
 
 
 def mask_record(record: logging.LogRecord) -> None:

@@ -24,6 +24,7 @@ from bot.incidents.store import Store
 
 log = logging.getLogger(__name__)
 MAX_WEBHOOK_BYTES = 1_000_000
+READY_TIMEOUT = 2.0  # seconds /readyz waits for the database
 
 
 def build_web(
@@ -61,7 +62,10 @@ def build_web(
         return PlainTextResponse("ok\n")
 
     async def readyz(_request: Request) -> Response:
-        database = await asyncio.to_thread(store.ping)
+        try:  # a stalled database answers "not ready" in time; it never holds the probe up
+            database = await asyncio.wait_for(asyncio.to_thread(store.ping), READY_TIMEOUT)
+        except TimeoutError:
+            database = False
         body = {"ready": database, "role": role(), "database": database, "replica": replica}
         return JSONResponse(body, status_code=200 if database else 503)
 

@@ -5,6 +5,7 @@ diagnosed at once."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 
@@ -15,7 +16,7 @@ from bot.engine.ports import Audit, Notifier, Supervisor
 from bot.engine.runner import Runner
 from bot.errors import BadReference, UserFacingError
 from bot.incidents.lifecycle import Phase
-from bot.incidents.models import Incident
+from bot.incidents.models import Incident, InfoAlert
 from bot.incidents.store import Store
 from bot.integrations.kube import Kube
 from bot.refs import ImageRef, parse_reference
@@ -50,6 +51,7 @@ class Intake:
         self.secrets = secrets
         self.audit = Audit(store)
         self._detection: asyncio.Task[list[Incident]] | None = None
+        self._scan: asyncio.Task[ScanResult] | None = None
 
     # --- the registry ------------------------------------------------------------------------------------
 
@@ -58,6 +60,12 @@ class Intake:
             return await IntegrityChecker(client).check(ref, display=display)
 
     async def scan(self) -> ScanResult:
+        """One scan of the registry at a time, process-wide: a scan asked for while one runs joins it."""
+        if self._scan is None or self._scan.done():
+            self._scan = asyncio.ensure_future(self._scan_once())
+        return await asyncio.shield(self._scan)
+
+    async def _scan_once(self) -> ScanResult:
         async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
             return await scan_registry(client)
 
@@ -103,6 +111,8 @@ class Intake:
 
     async def handle_notification(self, notification: Notification) -> None:
         instance = self.settings.instance
+        detect = False
+        info: dict[str, list[Alert]] = {}
         for alert in notification.alerts:
             if alert.instance != instance:
                 log.info("alert %s for instance %r ignored (this bot serves %r)", alert.name, alert.instance, instance)
@@ -111,17 +121,42 @@ class Intake:
             if alert.name == INTEGRITY_FAILURE:
                 metrics.ALERTS_RECEIVED.labels(alertname=alert.name, outcome=alert.status).inc()
                 if alert.status == "firing":
-                    self.supervisor.spawn(self.detect("alert"), "finding broken images for an alert")
+                    detect = True
                 else:
                     self.supervisor.spawn(self.note_resolved(alert), "noting a resolved alert")
             elif alert.name in INFO_ALERTS:
                 metrics.ALERTS_RECEIVED.labels(alertname=alert.name, outcome=alert.status).inc()
-                if alert.status == "firing":
-                    summary = alert.annotations.get("summary", "")
-                    self.supervisor.spawn(self.notifier.info_alert(alert.name, instance, summary), "posting an alert")
+                info.setdefault(alert.name, []).append(alert)
             else:
                 log.info("alert %s ignored: not one of the registry's alerts", alert.name)
                 metrics.ALERTS_RECEIVED.labels(alertname="other", outcome="ignored").inc()
+        if detect:  # one detection per delivery, however many alerts it carries
+            self.supervisor.spawn(self.detect("alert"), "finding broken images for an alert")
+        for alertname, alerts in info.items():
+            self.supervisor.spawn(self.info_alerts(alertname, alerts), f"posting {alertname}")
+
+    async def info_alerts(self, alertname: str, alerts: list[Alert]) -> None:
+        """One message per firing episode (by fingerprint), however many alerts and repeats: new episodes in
+        one delivery share one message, a repeat edits the message it has, a resolution says so in it."""
+        instance, summary = self.settings.instance, alerts[0].annotations.get("summary", "")
+        firing = [fingerprint_of(a) for a in alerts if a.status == "firing"]
+        ended = [fingerprint_of(a) for a in alerts if a.status != "firing"]
+        if firing:
+            new, repeated = await asyncio.to_thread(self.store.record_info_alerts, alertname, firing)
+            if new:
+                thread = await self.notifier.info_alert(alertname, instance, summary, len(new))
+                if thread is not None:
+                    await asyncio.to_thread(self.store.set_info_message, new, thread.channel, thread.ts)
+            for (channel, ts), rows in _by_message(repeated).items():
+                times, last = max(r.repeats for r in rows) + 1, rows[0].last_seen
+                note = f"still firing: notified again {times}×, last at {last:%H:%M} UTC"
+                await self.notifier.info_alert_changed(channel, ts, alertname, instance, summary, len(rows), note)
+        if ended:
+            rows = await asyncio.to_thread(self.store.resolve_info_alerts, ended)
+            for (channel, ts), done in _by_message(rows).items():
+                await self.notifier.info_alert_changed(
+                    channel, ts, alertname, instance, summary, len(done), "ended", ended=True
+                )
 
     async def detect(self, source: str) -> list[Incident]:
         """Which images are broken (the alert names only the registry). One detection at a time: a request
@@ -179,7 +214,15 @@ class Intake:
     # --- commands ----------------------------------------------------------------------------------------
 
     async def command_check(self, ref: ImageRef, user: str, channel: str) -> None:
-        display = f"{ref.name}:{ref.tag}" if ref.tag else str(ref)
+        if ref.tag and ref.digest and (moved := await self._tag_elsewhere(ref)):
+            await self.notifier.tell(
+                channel,
+                user,
+                f"🚫 {ref.name}:{ref.tag} points at {moved[:19]}…, not {ref.digest[:19]}…; "
+                "check the tag or the digest alone.",
+            )
+            return
+        display = str(ref)  # with a tag and a digest, the verdict names both: the digest is what is walked
         result = await self.check(ref, display)
         result.note = ref.implied_note
         await self.audit("check", result.status, user=user, detail=display)
@@ -197,6 +240,16 @@ class Intake:
             open_incident = await asyncio.to_thread(self.store.find_open, self.settings.registry_host, display)
             if open_incident is not None and result.status == "intact":
                 await self.notifier.check_intact_now(open_incident, user)
+
+    async def _tag_elsewhere(self, ref: ImageRef) -> str | None:
+        """The digest `ref`'s tag points at now, when that is not the digest `ref` names."""
+        assert ref.tag is not None
+        try:
+            async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
+                current = await client.resolve_digest(ref.name, ref.tag)
+        except UserFacingError:
+            return None  # the check itself will say why the registry cannot be asked
+        return current if current and current != ref.digest else None
 
     async def command_scan(self, user: str | None, channel: str) -> ScanResult:
         scan = await self.scan()
@@ -225,3 +278,19 @@ class Intake:
         await self.report_scan(scan, "probe")
         log.info("probe: %s", {k: summary[k] for k in ("tags", "broken", "errors", "elapsed_ms") if k in summary})
         return scan
+
+
+def fingerprint_of(alert: Alert) -> str:
+    """Alertmanager's fingerprint, or one made from the labels when a sender left it out."""
+    if alert.fingerprint:
+        return alert.fingerprint[:64]
+    labels = ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+    return hashlib.sha256(labels.encode()).hexdigest()[:16]
+
+
+def _by_message(rows: list[InfoAlert]) -> dict[tuple[str, str], list[InfoAlert]]:
+    grouped: dict[tuple[str, str], list[InfoAlert]] = {}
+    for row in rows:
+        if row.channel and row.message_ts:
+            grouped.setdefault((row.channel, row.message_ts), []).append(row)
+    return grouped

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class GroupDirectory(Protocol):
-    async def group_members(self, group: str, ttl: float = 60.0) -> set[str] | None: ...
+    async def group_members(self, group: str, ttl: float = 60.0, fresh: bool = False) -> set[str] | None: ...
 
 
 class Guard:
@@ -27,11 +27,12 @@ class Guard:
         self.settings = settings
         self.directory = directory
 
-    async def is_approver(self, user: str) -> bool:
+    async def is_approver(self, user: str, fresh: bool = False) -> bool:
+        """`fresh`: ask Slack now rather than trust the group's cached members (for destructive decisions)."""
         if user in self.settings.approvers:
             return True
         if self.settings.approver_group and self.directory is not None:
-            members = await self.directory.group_members(self.settings.approver_group)
+            members = await self.directory.group_members(self.settings.approver_group, fresh=fresh)
             if members is None:
                 log.warning("could not read APPROVER_GROUP's members from Slack; refusing %s for now", user)
                 return False

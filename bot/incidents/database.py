@@ -77,7 +77,10 @@ def _make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A PostgreSQL that does not answer must fail a connection within seconds, not hang a thread for good.
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10, connect_args={"connect_timeout": 5}
+    )
 
 
 def _short(exc: Exception) -> str:

@@ -166,3 +166,19 @@ class LeaderLock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class InfoAlert(Base):
+    """One firing episode of an informational alert (by Alertmanager's fingerprint) and the message that
+    shows it: a repeat notification edits that message, never posts again."""
+
+    __tablename__ = "info_alerts"
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alertname: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    repeats: Mapped[int] = mapped_column(Integer, default=0)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

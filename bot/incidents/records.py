@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bot.incidents.database import Database
 from bot.incidents.lifecycle import ApprovalStatus
-from bot.incidents.models import ApprovalRequest, AuditEvent, Delivery, LeaderLock, utcnow
+from bot.incidents.models import ApprovalRequest, AuditEvent, Delivery, InfoAlert, LeaderLock, utcnow
 
 
 @dataclass(frozen=True)
@@ -168,3 +168,46 @@ class Records(Database):
     def release_lead(self, name: str, holder: str) -> None:
         with self._tx() as session:
             session.execute(delete(LeaderLock).where(LeaderLock.name == name, LeaderLock.holder == holder))
+
+    # --- informational alerts ------------------------------------------------------------------------
+
+    def record_info_alerts(self, alertname: str, fingerprints: list[str]) -> tuple[list[str], list[InfoAlert]]:
+        """Note firing alerts: (fingerprints of new episodes, the known episodes now repeated)."""
+        now = utcnow()
+        new, repeated = [], []
+        try:
+            with self._tx() as session:
+                for fingerprint in dict.fromkeys(fingerprints):
+                    row = session.get(InfoAlert, fingerprint)
+                    if row is None or row.resolved_at is not None:  # a first firing, or a new episode
+                        if row is not None:
+                            session.delete(row)
+                            session.flush()
+                        session.add(InfoAlert(fingerprint=fingerprint, alertname=alertname, first_seen=now,
+                                              last_seen=now, repeats=0))  # fmt: skip
+                        new.append(fingerprint)
+                    else:
+                        row.repeats += 1
+                        row.last_seen = now
+                        repeated.append(row)
+        except IntegrityError:  # another replica recorded them between our read and write: it posts
+            return [], []
+        return new, repeated
+
+    def set_info_message(self, fingerprints: list[str], channel: str, ts: str) -> None:
+        with self._tx() as session:
+            session.execute(
+                update(InfoAlert).where(InfoAlert.fingerprint.in_(fingerprints)).values(channel=channel, message_ts=ts)
+            )
+
+    def resolve_info_alerts(self, fingerprints: list[str]) -> list[InfoAlert]:
+        """End these episodes; the ones that had a message, to say so in it."""
+        with self._tx() as session:
+            rows = list(
+                session.scalars(
+                    select(InfoAlert).where(InfoAlert.fingerprint.in_(fingerprints), InfoAlert.resolved_at.is_(None))
+                )
+            )
+            for row in rows:
+                row.resolved_at = utcnow()
+            return rows

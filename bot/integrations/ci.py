@@ -60,6 +60,21 @@ class CIBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
+LOG_BYTES = 256 * 1024  # of a build log, the most read into memory: its tail
+
+
+async def read_tail(response: httpx.Response, limit: int = LOG_BYTES) -> tuple[bytes, bool]:
+    """The last `limit` bytes of a streamed body, and whether anything before them was dropped."""
+    kept = bytearray()
+    dropped = False
+    async for chunk in response.aiter_bytes():
+        kept += chunk
+        if len(kept) > limit:
+            del kept[: len(kept) - limit]
+            dropped = True
+    return bytes(kept), dropped
+
+
 async def request(http: httpx.AsyncClient, service: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
     """One request with errors turned into one sentence naming the service."""
     try:

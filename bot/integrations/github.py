@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from bot.integrations.ci import CIError, CIRun, CIStep, request
+from bot.integrations.ci import CIError, CIRun, CIStep, read_tail, request
 
 SERVICE = "GitHub"
 # GitHub's step/run vocabulary mapped onto Woodpecker's, which the progress message speaks.
@@ -99,20 +99,25 @@ class GitHubActions:
         return CIRun(int(data.get("run_number") or run_id), status, str(data.get("html_url", "")), finished, steps)
 
     async def log_tail(self, repo: str, job_id: int, lines: int = 30) -> list[str]:
+        """The last lines of a job's log, reading at most LOG_BYTES of it into memory."""
         response = await request(self._http, SERVICE, "GET", f"/repos/{repo}/actions/jobs/{job_id}/logs")
         location = response.headers.get("Location", "")
-        if response.status_code == 302 and location:
-            # The log lives behind a signed URL, fetched without our token, and only on GitHub's own hosts.
-            if not _is_log_host(location, str(self._http.base_url)):
-                return []
-            async with httpx.AsyncClient(timeout=15) as plain:
-                try:
-                    response = await plain.get(location)
-                except httpx.HTTPError:
-                    return []
-        if response.status_code != 200:
+        if response.status_code == 200:
+            return response.text.splitlines()[-lines:]
+        if response.status_code != 302 or not location:
             return []
-        return response.text.splitlines()[-lines:]
+        # The log lives behind a signed URL, fetched without our token, and only on GitHub's own hosts.
+        if not _is_log_host(location, str(self._http.base_url)):
+            return []
+        try:
+            async with httpx.AsyncClient(timeout=15) as plain, plain.stream("GET", location) as answer:
+                if answer.status_code != 200:
+                    return []
+                tail, dropped = await read_tail(answer)
+        except httpx.HTTPError:
+            return []
+        text = tail.decode("utf-8", "replace").splitlines()
+        return (text[1:] if dropped else text)[-lines:]  # the first line of a cut tail is partial
 
 
 def _state(item: dict[str, Any]) -> str:

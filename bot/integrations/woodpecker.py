@@ -6,15 +6,17 @@ Auth is `Authorization: Bearer <token>`; repositories are addressed by numeric i
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from bot.integrations.ci import CIError, CIRun, CIStep, request
+from bot.integrations.ci import CIError, CIRun, CIStep, read_tail, request
 
 FINISHED = {"success", "failure", "killed", "error", "skipped", "blocked", "declined", "canceled"}
 SERVICE = "Woodpecker"
+LOG_JSON_BYTES = 4 * 2**20
 
 
 class Woodpecker:
@@ -53,12 +55,25 @@ class Woodpecker:
         return self._run(repo_id, response.json())
 
     async def log_tail(self, repo_id: int, number: int, step_id: int, lines: int = 30) -> list[str]:
-        response = await request(self._http, SERVICE, "GET", f"/api/repos/{repo_id}/logs/{number}/{step_id}")
-        if response.status_code != 200:
+        """The last lines of a step's log. Woodpecker sends the whole log as one JSON list: read at most
+        LOG_JSON_BYTES of it, so a runaway build log cannot fill the bot's memory."""
+        path = f"/api/repos/{repo_id}/logs/{number}/{step_id}"
+        try:
+            async with self._http.stream("GET", path) as response:
+                if response.status_code != 200:
+                    return []
+                body, dropped = await read_tail(response, LOG_JSON_BYTES + 1)
+        except httpx.HTTPError:
+            return []
+        if dropped or len(body) > LOG_JSON_BYTES:
+            return [f"(the log is over {LOG_JSON_BYTES // 2**20} MiB: read it in Woodpecker)"]
+        try:
+            entries = json.loads(body) or []
+        except ValueError:
             return []
         text = []
-        for entry in response.json() or []:
-            data = entry.get("data") or ""
+        for entry in entries if isinstance(entries, list) else []:
+            data = entry.get("data") or "" if isinstance(entry, dict) else ""
             try:
                 text.append(base64.b64decode(data).decode("utf-8", "replace").rstrip("\n"))
             except ValueError:

@@ -30,7 +30,11 @@ from bot.slack.clicks import Click, Clicks
 from bot.slack.gateway import SlackGateway
 
 log = logging.getLogger(__name__)
-REQUEST_WORK = 4  # work started by Slack requests runs this many at a time (benchmarks/ack.py)
+# Work started by Slack requests runs a few at a time, so a burst does not crowd the event loop that acks
+# the next ones (benchmarks/ack.py). Phase clicks and approvals have their own slots, which checks and scans
+# never take: four viewers' scans cannot hold up an approver's Rebuild.
+PHASE_WORK = 4
+CHECK_WORK = 4
 
 
 class SlackApp:
@@ -51,14 +55,38 @@ class SlackApp:
         self.supervisor = supervisor
         self.intake = intake
         self.clicks = clicks
-        # A burst of clicks must not crowd the event loop that acknowledges the next ones.
-        self.request_work = asyncio.Semaphore(REQUEST_WORK)
+        self.phase_work = asyncio.Semaphore(PHASE_WORK)
+        self.check_work = asyncio.Semaphore(CHECK_WORK)
+        self.checks_running: dict[str, int] = {}  # user -> checks and scans of theirs in flight
 
-    def work(self, coro: Coroutine[Any, Any, Any], what: str, channel: str, user: str, gated: bool = True) -> None:
+    def work(
+        self, coro: Coroutine[Any, Any, Any], what: str, channel: str, user: str, gate: asyncio.Semaphore | None
+    ) -> None:
         async def tell(text: str) -> None:
             await self.slack.ephemeral(channel, user, f"⚠️ {blocks.escape(text)}")
 
-        self.supervisor.spawn(coro, what, tell, self.request_work if gated else None)
+        self.supervisor.spawn(coro, what, tell, gate)
+
+    def at_check_limit(self, user: str) -> bool:
+        return self.checks_running.get(user, 0) >= self.settings.checks_per_user
+
+    def check_work_for(self, user: str, coro: Coroutine[Any, Any, Any], what: str, channel: str) -> None:
+        """Run a check or scan of `user`'s (counted against CHECKS_PER_USER) on the checks' own slots."""
+        self.checks_running[user] = self.checks_running.get(user, 0) + 1
+
+        async def counted() -> None:
+            try:
+                await coro
+            finally:
+                self.checks_running[user] -= 1
+                if not self.checks_running[user]:
+                    del self.checks_running[user]
+
+        self.work(counted(), what, channel, user, self.check_work)
+
+    def busy_text(self) -> str:
+        n = self.settings.checks_per_user
+        return f"⏳ You already have {n} check(s) or scan(s) running (CHECKS_PER_USER); ask again when one ends."
 
     async def once(self, key: str, work: Coroutine[Any, Any, Any]) -> None:
         """Run a command's work unless another delivery of the same command already did."""
@@ -91,7 +119,7 @@ class SlackApp:
             app.action(spec.action_id)(self._phase_listener(spec))
         app.action(blocks.APPROVE)(self._listener(lambda click: self.clicks.answer(click, approve=True)))
         app.action(blocks.DENY)(self._listener(lambda click: self.clicks.answer(click, approve=False)))
-        app.action(blocks.CHECK_NOW)(self._listener(self.clicks.check_now))
+        app.action(blocks.CHECK_NOW)(self._check_now)
         app.action(re.compile(".*"))(self._listener(self.clicks.unknown))  # any other action_id (Bolt: first match)
         return app
 
@@ -105,9 +133,19 @@ class SlackApp:
             if click is None:
                 log.warning("a block_actions payload without the fields a click has was ignored")
                 return
-            self.work(handle(click), f"action {click.action_id[:40]}", click.channel, click.user)
+            self.work(handle(click), f"action {click.action_id[:40]}", click.channel, click.user, self.phase_work)
 
         return listener
+
+    async def _check_now(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        click = Click.read(body)
+        if click is None:
+            return
+        if self.at_check_limit(click.user):
+            await self.slack.ephemeral(click.channel, click.user, self.busy_text())
+            return
+        self.check_work_for(click.user, self.clicks.check_now(click), "check now", click.channel)
 
     async def on_command(self, ack: Any, command: dict[str, Any]) -> None:
         text = str(command.get("text") or "").strip()
@@ -126,15 +164,21 @@ class SlackApp:
             except BadReference as exc:
                 await ack(response_type="ephemeral", text=f"🚫 {blocks.escape(str(exc))}")
                 return
+            if self.at_check_limit(user):
+                await ack(response_type="ephemeral", text=self.busy_text())
+                return
             await ack(response_type="ephemeral", text=f"🔎 Checking `{blocks.escape(str(ref))}`…")
-            self.work(self.once(delivery, self.intake.command_check(ref, user, channel)), f"check {ref}", channel, user)
+            work = self.once(delivery, self.intake.command_check(ref, user, channel))
+            self.check_work_for(user, work, f"check {ref}", channel)
         elif sub == "scan" and len(words) == 1:
+            if self.at_check_limit(user):
+                await ack(response_type="ephemeral", text=self.busy_text())
+                return
             await ack(response_type="ephemeral", text="🔎 Scanning every tag of every repository…")
-            work = self.once(delivery, self.intake.command_scan(user, channel))
-            self.work(work, "scan", channel, user, gated=False)
+            self.check_work_for(user, self.once(delivery, self.intake.command_scan(user, channel)), "scan", channel)
         elif sub == "status" and len(words) == 1:
             await ack(response_type="ephemeral", text="Looking up open incidents…")
-            self.work(self.once(delivery, self._status(user, channel)), "status", channel, user, gated=False)
+            self.work(self.once(delivery, self._status(user, channel)), "status", channel, user, None)
         else:
             await ack(response_type="ephemeral", text=blocks.USAGE)
 

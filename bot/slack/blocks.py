@@ -19,6 +19,7 @@ from bot.incidents.models import ApprovalRequest, Incident, PhaseRun
 from bot.registry.model import CheckResult, Problem, short_digest
 from bot.registry.scan import ScanResult
 from bot.runbook.base import Link, Step
+from bot.slack.limits import BUTTON_TEXT, CONTEXT_TEXT, SECTION_TEXT, clip, head_lines, tail_lines
 
 Blocks = list[dict[str, Any]]
 
@@ -65,6 +66,8 @@ STEP_ICON = {
 CHECK_NOW = "registry_check_now"
 APPROVE, DENY = "registry_approve", "registry_deny"
 MAX_PROBLEM_LINES = 6
+NODE_BUTTONS = 5
+STATUS_TEXT = 12_000  # /registry status: about 70 incidents, then a count
 _USER_ID = re.compile(r"^[A-Z0-9]{1,40}$")
 _SAFE_URL = re.compile(r"^https?://[^\s<>|]+$")
 
@@ -89,8 +92,8 @@ def title(phase: Phase | str) -> str:
     return f"{PHASE_ICON[phase]} {lifecycle.spec(phase).title}"
 
 
-def _text(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": text[:2990]}
+def _text(text: str, limit: int = SECTION_TEXT) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": clip(text, limit)}
 
 
 def _when(moment: datetime | None) -> str:
@@ -105,7 +108,7 @@ def problem_summary(problems: Sequence[Problem], objects_checked: int) -> str:
         return "No problems found."
     bad = len({p.digest for p in problems})
     head = f"{bad} of {objects_checked} objects have problems"
-    lines = [f"• `{escape(p.summary())}`" for p in problems[:MAX_PROBLEM_LINES]]
+    lines = [f"• `{escape(clip(p.summary(), 300))}`" for p in problems[:MAX_PROBLEM_LINES]]
     if len(problems) > MAX_PROBLEM_LINES:
         lines.append(f"• …and {len(problems) - MAX_PROBLEM_LINES} more")
     return head + ":\n" + "\n".join(lines)
@@ -150,8 +153,8 @@ def incident_message(incident: Incident, running: PhaseRun | None = None) -> tup
     elif incident.status_note:
         status += f" — {escape(incident.status_note)}"
     if state is State.FAILED and incident.failure_reason:
-        status += f"\n{escape(incident.failure_reason)}"
-    blocks.append({"type": "context", "elements": [_text(status)]})
+        status += f"\n{escape(clip(incident.failure_reason, 1000))}"
+    blocks.append({"type": "context", "elements": [_text(status, CONTEXT_TEXT)]})
     clicked: dict[str, str] = {p: u for p, u in json.loads(incident.clicked or "{}").items() if p in set(Phase)}
     done = [_text(f"✅ {button_label(Phase(p))} by {mention(u)}") for p, u in clicked.items()]
     if done:
@@ -203,7 +206,7 @@ def scan_summary(scan: ScanResult, user: str | None) -> tuple[str, Blocks]:
     who = f" (asked by {mention(user)})" if user else ""
     summary = scan.summary()
     if scan.error:
-        text = f"⚠️ Could not scan {escape(scan.registry)}: {escape(scan.error)}{who}"
+        text = f"⚠️ Could not scan {escape(scan.registry)}: {escape(clip(scan.error, 1000))}{who}"
     else:
         broken = [r.reference for r in scan.broken]
         icon = "🔴" if broken else "✅"
@@ -213,25 +216,33 @@ def scan_summary(scan: ScanResult, user: str | None) -> tuple[str, Blocks]:
             f"({summary['elapsed_ms']} ms){who}"
         )
         if broken:
-            text += "\n" + "\n".join(f"• `{escape(ref)}`" for ref in broken[:20])
+            text += "\n" + head_lines([f"• `{escape(ref)}`" for ref in broken[:20]], SECTION_TEXT - len(text) - 50)
+            if len(broken) > 20:
+                text += f"\n…and {len(broken) - 20} more"
     return text, [{"type": "section", "text": _text(text)}]
 
 
-def info_alert(alertname: str, instance: str, summary: str) -> tuple[str, Blocks]:
+def info_alert(
+    alertname: str, instance: str, summary: str, count: int = 1, note: str = "", ended: bool = False
+) -> tuple[str, Blocks]:
+    """An informational alert's one message per episode; `count` alerts of it fired together."""
     meaning = {
         "RegistryCatalogInaccessible": "The probe cannot list the registry's catalog.",
         "RegistryIntegrityProbeStale": "The integrity probe has not reported for over an hour.",
     }.get(alertname, "")
-    text = escape(f"⚠️ {alertname} on {instance}. {meaning} {summary}".strip())
-    blocks: Blocks = [
-        {"type": "section", "text": _text(text)},
-        {"type": "actions", "elements": [plain_button(CHECK_NOW, "Check now", instance[:100])]},
-    ]
+    head = f"{count} {alertname} alerts" if count > 1 else alertname
+    icon = "✅" if ended else "⚠️"
+    text = escape(clip(f"{icon} {head} on {instance}. {meaning} {summary}".strip(), 2000))
+    if note:
+        text += f"\n_{escape(clip(note, 200))}_"
+    blocks: Blocks = [{"type": "section", "text": _text(text)}]
+    if not ended:
+        blocks.append({"type": "actions", "elements": [plain_button(CHECK_NOW, "Check now", instance[:100])]})
     return text, blocks
 
 
 def step_line(step: Step) -> str:
-    text = escape(step.text)
+    text = escape(clip(step.text, 500))
     if step.link is not None:
         shown = escape(step.link.text)
         rendered = link(step.link.url, step.link.text)
@@ -240,8 +251,10 @@ def step_line(step: Step) -> str:
 
 
 def progress_message(heading: str, steps: Sequence[Step], footer: str = "") -> tuple[str, Blocks]:
-    """A phase run's thread message; `heading` and `footer` are already Slack text."""
-    body = "\n".join(step_line(step) for step in steps) if steps else "starting…"
+    """A phase run's thread message; `heading` and `footer` are already Slack text. When the steps outgrow
+    one section, the oldest give way: the newest are what a person watching needs."""
+    lines = [step_line(step) for step in steps] or ["starting…"]
+    body = tail_lines(lines, SECTION_TEXT - len(heading) - 10, "earlier steps")
     text = f"{heading}\n{body}" + (f"\n{footer}" if footer else "")
     blocks: Blocks = [{"type": "section", "text": _text(f"*{heading}*\n{body}")}]
     if footer:
@@ -258,18 +271,25 @@ def run_heading(run: PhaseRun) -> str:
     return heading
 
 
-def run_reply(run: PhaseRun, ok: bool, summary: str, details: Sequence[str], result_link: Link | None) -> str:
-    reply = f"{'✅' if ok else '❌'} {title(run.phase)}: {escape(summary)}"
+def run_reply(
+    run: PhaseRun, ok: bool, summary: str, details: Sequence[str], result_link: Link | None
+) -> tuple[str, Blocks]:
+    """A run's end in the thread: its summary, then its details (a failed build's log keeps its tail)."""
+    reply = f"{'✅' if ok else '❌'} {title(run.phase)}: {escape(clip(summary, 2000))}"
     if result_link is not None and result_link.url not in summary:
         reply += f" ({link(result_link.url, result_link.text)})"
+    blocks: Blocks = [{"type": "section", "text": _text(reply)}]
     if details:
-        reply += "\n" + "\n".join(f"> {escape(line)}" for line in details[:20])
-    return reply
+        lines = [f"> {escape(clip(line, 300))}" for line in details]
+        shown = tail_lines(lines, SECTION_TEXT - 20, "earlier lines")
+        blocks.append({"type": "section", "text": _text(shown)})
+        reply += "\n" + shown
+    return reply, blocks
 
 
 def run_again(incident: Incident, run: PhaseRun, reason: str) -> tuple[str, Blocks]:
     value = f"{incident.id}:{run.target}" if run.phase == Phase.NODE and run.target else str(incident.id)
-    text = f"⚠️ {escape(reason)} Nothing half-done is forgotten: check the steps above, then run it again."
+    text = f"⚠️ {escape(clip(reason, 1000))} Nothing half-done is forgotten: check the steps above, then run it again."
     label = f"Run {title(run.phase)} again"
     return text, [
         {"type": "section", "text": _text(text)},
@@ -319,9 +339,11 @@ def approvers_text(settings: Settings) -> str:
 
 
 def status_list(incidents: Sequence[Incident], permalink: Callable[[str, str], str]) -> str:
+    """Open incidents, one line each, oldest first, cut with a count to stay readable (and under Slack's limit)."""
     if not incidents:
         return "No open incidents. ✅"
-    lines = [f"*{len(incidents)} open incident{'s' if len(incidents) != 1 else ''}:*"]
+    head = f"*{len(incidents)} open incident{'s' if len(incidents) != 1 else ''}:*"
+    lines = []
     for incident in incidents:
         where = (
             link(permalink(incident.channel or "", incident.root_ts), incident.image)
@@ -329,19 +351,24 @@ def status_list(incidents: Sequence[Incident], permalink: Callable[[str, str], s
             else f"`{escape(incident.image)}`"
         )
         lines.append(f"• {where} — {STATE_LABEL[State(incident.state)]}, since {_when(incident.first_seen)}")
-    return "\n".join(lines)
+    return head + "\n" + head_lines(lines, STATUS_TEXT, "more: see the channel")
 
 
 def node_offer(incident_id: int, nodes: Sequence[str]) -> tuple[str, Blocks]:
     """The thread message offering 'Drain <node> and restart containerd' (two approvers)."""
+    shown = ", ".join(nodes[:NODE_BUTTONS]) + (f" and {len(nodes) - NODE_BUTTONS} more" if len(nodes) > 5 else "")
     text = escape(
-        f"Pods of this image still cannot pull on {', '.join(nodes)}: containerd may hold the broken digest. "
+        f"Pods of this image still cannot pull on {shown}: containerd may hold the broken digest. "
         "Draining the node and restarting containerd needs two approvers."
     )
-    elements = [
-        button(Phase.NODE, f"{incident_id}:{node}", f"Drain {node} and restart containerd") for node in nodes[:5]
-    ]
-    return text, [{"type": "section", "text": _text(text)}, {"type": "actions", "elements": elements}]
+    blocks: Blocks = [{"type": "section", "text": _text(text)}]
+    # One actions block per node: Slack refuses two buttons with one action_id in a block.
+    room = BUTTON_TEXT - len("Drain  and restart containerd")
+    for index, node in enumerate(nodes[:NODE_BUTTONS]):
+        label = f"Drain {clip(node, room)} and restart containerd"
+        element = button(Phase.NODE, f"{incident_id}:{node}", label)
+        blocks.append({"type": "actions", "block_id": f"node-{incident_id}-{index}", "elements": [element]})
+    return text, blocks
 
 
 USAGE = (

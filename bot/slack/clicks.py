@@ -115,7 +115,8 @@ class Clicks:
         return incident
 
     async def approver(self, click: Click, incident: Incident | None, what: str, phase: str | None = None) -> bool:
-        if await self.guard.is_approver(click.user):
+        """Asked of Slack afresh: someone removed from APPROVER_GROUP a minute ago approves nothing."""
+        if await self.guard.is_approver(click.user, fresh=True):
             return True
         await self.refuse(
             click,
@@ -166,6 +167,10 @@ class Clicks:
             await self.refuse(click, "That button does not belong to this request; nothing was done.", incident.id)
             return
         if not await self.approver(click, incident, "answer", request.phase):
+            return
+        if approve and not await self.guard.is_approver(request.requested_by, fresh=True):
+            reason = f"{mention(request.requested_by)} who asked for it is no longer an approver; nothing was done."
+            await self.refuse(click, reason, incident.id, request.phase)
             return
         await self.tell(click, await self.requests.answer(request, incident, click.user, approve))
 

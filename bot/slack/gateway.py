@@ -25,6 +25,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import metrics
+from bot.logsetup import redact, redact_tree
+from bot.slack import limits
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class SlackGateway:
     async def post(
         self, channel: str, text: str, blocks: list[dict[str, Any]] | None = None, thread_ts: str | None = None
     ) -> Posted | None:
+        text, blocks = _outgoing(text, blocks)
         kwargs: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
         if blocks is not None:
             kwargs["blocks"] = blocks
@@ -89,11 +92,13 @@ class SlackGateway:
         return Posted(str(response["channel"]), str(response["ts"]))
 
     async def update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None) -> bool:
+        text, blocks = _outgoing(text, blocks)
         kwargs: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
         kwargs["blocks"] = blocks if blocks is not None else []
         return await self._call("chat_update", **kwargs) is not None
 
     async def ephemeral(self, channel: str, user: str, text: str, blocks: list[dict[str, Any]] | None = None) -> bool:
+        text, blocks = _outgoing(text, blocks)
         kwargs: dict[str, Any] = {"channel": channel, "user": user, "text": text}
         if blocks is not None:
             kwargs["blocks"] = blocks
@@ -106,11 +111,12 @@ class SlackGateway:
 
     # --- user groups ------------------------------------------------------------------------------------
 
-    async def group_members(self, group: str, ttl: float = 60.0) -> set[str] | None:
-        """Members of a user group (by ID, or by handle), cached for `ttl` seconds. None if Slack cannot say."""
+    async def group_members(self, group: str, ttl: float = 60.0, fresh: bool = False) -> set[str] | None:
+        """Members of a user group (by ID, or by handle), cached for `ttl` seconds (`fresh`: not from the
+        cache). None if Slack cannot say."""
         async with self._group_lock:
             cached = self._group_cache.get(group)
-            if cached and cached[0] > time.monotonic():
+            if cached and cached[0] > time.monotonic() and not fresh:
                 return cached[1]
             group_id = group
             if not group.startswith("S"):
@@ -170,6 +176,12 @@ class SlackGateway:
             log.warning("Slack %s failed (%s); retrying in %.0fs", name, problem, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 15.0)
+
+
+def _outgoing(text: str, blocks: list[dict[str, Any]] | None) -> tuple[str, list[dict[str, Any]] | None]:
+    """Every message on its way out: no secret or token-shaped string in it, and within Slack's limits."""
+    text, blocks = redact(text), redact_tree(blocks)
+    return limits.enforce(text, blocks)
 
 
 def _retry_after(exc: SlackApiError) -> float:

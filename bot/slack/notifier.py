@@ -67,7 +67,8 @@ class SlackNotifier:
         if isinstance(progress, SlackProgress):
             progress.set_footer(f"{icon} {'Done' if result.ok else 'Failed'} in {_duration(seconds)}")
         await progress.flush()
-        await self._reply(incident, blocks.run_reply(run, result.ok, result.summary, result.details, result.link))
+        text, message = blocks.run_reply(run, result.ok, result.summary, result.details, result.link)
+        await self._reply(incident, text, message)
         await self.refresh_incident(incident.id)
         if result.nodes and self.settings.node_actions:
             text, message = blocks.node_offer(incident.id, result.nodes)
@@ -118,9 +119,24 @@ class SlackNotifier:
     async def channel_note(self, text: str) -> None:
         await self.slack.post(self.settings.slack_channel, escape(text))
 
-    async def info_alert(self, alertname: str, instance: str, summary: str) -> None:
-        text, message = blocks.info_alert(alertname, instance, summary)
-        await self.slack.post(self.settings.slack_channel, text, message)
+    async def info_alert(self, alertname: str, instance: str, summary: str, count: int) -> Thread | None:
+        text, message = blocks.info_alert(alertname, instance, summary, count)
+        posted = await self.slack.post(self.settings.slack_channel, text, message)
+        return Thread(posted.channel, posted.ts) if posted is not None else None
+
+    async def info_alert_changed(
+        self,
+        channel: str,
+        ts: str,
+        alertname: str,
+        instance: str,
+        summary: str,
+        count: int,
+        note: str,
+        ended: bool = False,
+    ) -> None:
+        text, message = blocks.info_alert(alertname, instance, summary, count, note, ended)
+        await self.slack.update(channel, ts, text, message)
 
     async def tell(self, channel: str, user: str, text: str) -> None:
         await self.slack.ephemeral(channel, user, escape(text))
