@@ -334,7 +334,8 @@ def serve(registry: Registry) -> None:
 
 
 def main() -> int:
-    engine("image", "inspect", TAG)
+    with step(f"{TAG} is in {ENGINE}'s store"):
+        engine("image", "inspect", TAG)
     help_with_entrypoint()
     with (
         tempfile.TemporaryDirectory(prefix="registry-bot-image-test-") as tmp,
