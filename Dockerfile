@@ -6,7 +6,10 @@
 #   build    makes /opt/venv: first the pinned dependencies (manifests/constraints.txt, the runtime closure of
 #            pyproject.toml's dependencies), in their own layer so code changes reuse it; then the project itself
 #            with --no-deps, then `pip check`. Every dependency ships a wheel, so no compiler is installed here
-#            or anywhere.
+#            or anywhere. Then it leaves out what the bot never loads: the tests, test harnesses and type stubs
+#            that packages ship, kubernetes/aio (an asyncio copy of the whole client, 66 MB; the bot uses the
+#            synchronous one), and pip and setuptools (nothing is installed at run time): 374 MB -> 280 MB on
+#            the Debian base of `make image`, whose image-test imports every module the bot imports.
 #   runtime  the same base, /opt/venv, and an unprivileged numeric user. Nothing else: no build tools, no
 #            source tree. It runs with a read-only root filesystem (manifests/base/deployment.yaml); only /tmp is
 #            written.
@@ -19,12 +22,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY manifests/constraints.txt ./constraints.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --requirement constraints.txt
+    && /opt/venv/bin/pip install --no-cache-dir --requirement constraints.txt \
+    && site=/opt/venv/lib/python3.11/site-packages \
+    && rm -rf "$site/kubernetes/aio" \
+    && find "$site" -depth \( -type d \( -name tests -o -name test -o -name testing \) \
+       -o -type f \( -name '*.pyi' -o -name '*_test.py' -o -name '*_test.cpython-*.pyc' \) \) -exec rm -rf {} +
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
     && /opt/venv/bin/pip check \
-    && /opt/venv/bin/registry-bot --help >/dev/null
+    && /opt/venv/bin/registry-bot --help >/dev/null \
+    && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="registry-bot" \

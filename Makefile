@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup peers run test lint typecheck pytest bench demo clean
+.PHONY: setup peers run test lint typecheck pytest bench demo clean image image-tools image-test
+
+# The image (image/): built with `docker build` where a Docker engine answers, else with Debian's buildah from a
+# bootstrapped Debian base cached in IMAGE_CACHE; image-test runs it against loopback peers (image/prove.py).
+IMAGE_TAG ?= registry-bot:dev
+IMAGE_CACHE ?= /var/cache/registry-bot-image
+IMAGE_ENV = IMAGE_TAG=$(IMAGE_TAG) IMAGE_CACHE=$(IMAGE_CACHE)
 
 # The real servers the tests and the demo start (each on a free loopback port, stopped afterwards).
 PEER_PACKAGES := docker-registry prometheus prometheus-pushgateway prometheus-alertmanager postgresql strace
@@ -30,8 +36,8 @@ run: setup
 	$(BIN)/registry-bot serve
 
 lint: setup
-	$(BIN)/ruff check bot tests benchmarks
-	$(BIN)/ruff format --check bot tests benchmarks
+	$(BIN)/ruff check bot tests benchmarks image
+	$(BIN)/ruff format --check bot tests benchmarks image
 
 typecheck: setup
 	$(BIN)/mypy bot
@@ -47,6 +53,15 @@ bench: setup peers
 
 demo: setup peers
 	$(BIN)/python -m tests.story
+
+image-tools:
+	@$(IMAGE_ENV) image/tools.sh
+
+image: image-tools
+	@$(IMAGE_ENV) image/build.sh
+
+image-test: setup image
+	@$(IMAGE_ENV) image/test.sh $(BIN)/python
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
