@@ -149,7 +149,13 @@ async def run(settings: Settings) -> None:
         supervisor.spawn(socket_mode.connect_async(), "connecting Socket Mode")  # type: ignore[no-untyped-call]
 
     config = uvicorn.Config(
-        parts.web, host=settings.bot_host, port=settings.bot_port, log_level="warning", access_log=False, lifespan="off"
+        parts.web,
+        host=settings.bot_host,
+        port=settings.bot_port,
+        log_level="warning",
+        log_config=None,  # uvicorn logs through the root logger: the same format and the same masking
+        access_log=False,
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()

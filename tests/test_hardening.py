@@ -180,3 +180,19 @@ def test_info_alerts_post_once_per_episode_summarised_and_repeats_edit_that_mess
     world.slack.wait_for(
         lambda s: len([m for m in roots(s) if "RegistryIntegrityProbeStale" in m["text"]]) == 2, timeout=20
     )
+
+
+def test_viewers_scans_never_hold_up_an_approvers_rebuild(world):
+    world.add_ci(step_seconds=0.1)
+    bot = world.bot()
+    bot.start()
+    _image, root = open_incident(world, bot)
+    assert bot.alert(alert_payload("RegistryCatalogInaccessible", instance=world.forgejo.host)).status_code == 200
+    offer = world.slack.wait_for(lambda s: next((m for m in roots(s) if "Check now" in str(m.get("blocks"))), None))
+    world.forgejo.tamper("GET", r"/tags/list$", delay=6.0)  # every scan now takes a while
+    for viewer in ("U0V1", "U0V2", "U0V3", "U0V4", "U0V5"):
+        bot.click("registry_check_now", offer, user=viewer)
+    time.sleep(0.5)
+    bot.click("registry_rebuild", world.current(root), user=APPROVER)
+    world.slack.wait_for(lambda s: any("Rebuild (attempt 1)" in m["text"] for m in world.thread(root)), timeout=5)
+    assert not [m for m in roots(world.slack) if "Scan of" in m["text"]], "the rebuild waited for the scans"
