@@ -191,7 +191,8 @@ class BlobChecker:
         length = response.headers.get("Content-Length")
         header_digest = response.headers.get("Docker-Content-Digest")
         size = descriptor.get("size")
-        if header_digest and header_digest != digest:
+        # A registry may name a sha512 blob by its canonical sha256 (distribution does): compare like with like.
+        if header_digest and header_digest.split(":")[0] == digest.split(":")[0] and header_digest != digest:
             finding.problems.append(
                 Problem(digest, kind, "digest_mismatch", status, None, f"registry says {header_digest}")
             )
