@@ -275,13 +275,13 @@ class RegistryClient:
         """
         url = f"{self.base_url}{path}"
         async with self._semaphore:
-            answer, final_url, sent = await self._open_following(url, headers or {})
-            if answer.status == 401 and _same_origin(final_url, self.base_url):
+            answer, final_url, sent, own = await self._open_following(url, headers or {})
+            if answer.status == 401 and own:
                 challenge = answer.headers.get("WWW-Authenticate", "")
                 answer.close()
                 await self._answer_challenge(challenge, refused=sent, url=final_url)
-                answer, final_url, sent = await self._open_following(url, headers or {})
-                if answer.status == 401 and _same_origin(final_url, self.base_url):
+                answer, final_url, sent, own = await self._open_following(url, headers or {})
+                if answer.status == 401 and own:
                     answer.close()
                     raise AuthFailed(self._auth_failed_message())
             try:
@@ -294,14 +294,16 @@ class RegistryClient:
 
     async def _open_following(
         self, url: str, headers: Mapping[str, str]
-    ) -> tuple[aiohttp.ClientResponse, str, str | None]:
-        """(the open answer, its URL, the Authorization it was sent with) after following redirects."""
+    ) -> tuple[aiohttp.ClientResponse, str, str | None, bool]:
+        """(the open answer, its URL, the Authorization it was sent with, whether the URL is the registry's)
+        after following redirects."""
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.settings.registry_timeout, sock_read=self.settings.registry_timeout
         )
+        own = True  # the first URL is the registry's; a redirect's is looked at
         for _ in range(MAX_REDIRECTS + 1):
             all_headers = dict(headers)
-            auth = self._auth_header(url) if _same_origin(url, self.base_url) else None
+            auth = self._auth_header(url) if own else None
             if auth:
                 all_headers["Authorization"] = auth
             started = time.perf_counter()
@@ -321,9 +323,10 @@ class RegistryClient:
             self._observe("GET", answer.status, started)
             location = answer.headers.get("Location")
             if answer.status not in REDIRECT_STATUS or not location:
-                return answer, url, auth
+                return answer, url, auth, own
             answer.close()
             url = urljoin(url, location)
+            own = _same_origin(url, self.base_url)
         raise CouldNotCheck(f"The registry {self.settings.registry_host} redirected {_path_of(url)} too many times.")
 
     def _observe(self, method: str, status: int, started: float) -> None:
