@@ -274,7 +274,8 @@ class IntegrityChecker:
     async def _blob(self, name: str, kind: Kind, descriptor: dict[str, Any]) -> Outcome:
         digest = str(descriptor["digest"])
         finding = await self.blobs.check(name, kind, descriptor)
-        return Outcome(problems=finding.problems, objects={digest}, digest=digest, verified=finding.verified)
+        # A layer's finding is shared by every repository that links it: each outcome gets its own copies.
+        return Outcome(list(finding.problems), {digest}, digest, verified=dict(finding.verified))
 
 
 def _bind_blob(checker: IntegrityChecker, name: str, kind: Kind, descriptor: dict[str, Any]) -> Any:
