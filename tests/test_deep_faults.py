@@ -168,25 +168,27 @@ def test_deep_concurrency_bounds_the_layer_downloads_in_flight(registry, front, 
     assert front.most_in_flight == expected
 
 
-def test_deep_rate_limit_is_honoured_within_ten_percent(registry):
+@pytest.mark.parametrize("limit_mib", [6, 48])
+def test_deep_rate_limit_is_honoured_within_ten_percent(registry, repo_name, limit_mib):
+    # Two layers, read at once, of 2 s worth each at the limit: together they must keep to it.
     pusher = Pusher(registry.url)
-    layers = [pusher.random_blob("viktor/paced", 12 << 20) for _ in range(2)]
-    pusher.image("viktor/paced", "v1", layers)
+    layers = [pusher.random_blob(repo_name, limit_mib << 20) for _ in range(2)]
+    pusher.image(repo_name, "v1", layers)
     pusher.close()
-    limit = 6 << 20
+    limit = limit_mib << 20
     settings = Settings(registry_url=registry.url, deep_rate_limit=limit)
     seen: list[DeepProgress] = []
     started = time.monotonic()
-    result = asyncio.run(deep_check(settings, "viktor/paced:v1", on_progress=seen.append, progress_every=0.5))
+    result = asyncio.run(deep_check(settings, f"{repo_name}:v1", on_progress=seen.append, progress_every=0.25))
     elapsed = time.monotonic() - started
     assert result.status == "intact"
-    rate = (24 << 20) / elapsed
-    assert 0.9 * limit <= rate <= 1.1 * limit, f"{rate / (1 << 20):.2f} MiB/s against a limit of 6 MiB/s"
+    rate = 2 * limit / elapsed
+    assert 0.9 * limit <= rate <= 1.1 * limit, f"{rate / (1 << 20):.2f} MiB/s against a limit of {limit_mib} MiB/s"
     assert len(seen) >= 5
     assert [p.bytes_verified for p in seen] == sorted(p.bytes_verified for p in seen)
     assert seen[-1].bytes_verified == result.bytes_verified
-    assert seen[-1].bytes_planned == 24 << 20
-    assert 0.8 * limit <= seen[-1].rate <= 1.1 * limit
+    assert seen[-1].bytes_planned == 2 * limit
+    assert 0.9 * limit <= seen[-1].rate <= 1.1 * limit
 
 
 def test_the_progress_hook_may_be_async_and_its_failures_never_fail_the_check(registry):

@@ -69,18 +69,26 @@ ProgressHook = Callable[[DeepProgress], object]
 
 
 class RateLimit:
-    """One pace for every download of a run: together they read at most `rate` bytes/s, with no burst credit."""
+    """One pace for every download of a run: together they read at most `rate` bytes/s.
+
+    Bytes are booked on a schedule; a reader ahead of it sleeps. Time spent receiving counts towards the
+    schedule, but no more than CATCH_UP seconds of it: a pause (between layers) earns no burst later.
+    """
+
+    CATCH_UP = 0.1
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        self._next = 0.0
+        self._next: float | None = None
 
     async def spend(self, count: int) -> None:
         if self.rate <= 0:
             return
         now = time.monotonic()
-        self._next = max(self._next, now) + count / self.rate
-        await asyncio.sleep(self._next - now)
+        booked = now if self._next is None else max(self._next, now - self.CATCH_UP)
+        self._next = booked + count / self.rate
+        if self._next > now:
+            await asyncio.sleep(self._next - now)
 
 
 class Meter:
@@ -306,7 +314,7 @@ class _Reader:
             return False
         self.hasher.update(chunk)
         self.got += len(chunk)
-        self.meter.add(len(chunk))
         if self.pace is not None:
             await self.pace.spend(len(chunk))
+        self.meter.add(len(chunk))  # after the pace: the rate a display shows is the rate kept
         return True
