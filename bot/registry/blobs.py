@@ -234,32 +234,18 @@ class BlobChecker:
             detail = f"{human_bytes(size)}; pulls refuse a {kind} over {human_bytes(limit)}"
             return BlobFinding([Problem(digest, kind, "too_large", None, None, detail)])
         cap = size if size is not None else limit  # never read past what the descriptor promises
-        reader = _Reader(HASHES[algorithm](), self.meter, self._pace if paced else None, cap)
+        reader = _Reader(algorithm, self.meter, self._pace if paced else None, cap)
         attempts = self.client.settings.registry_retries
         delay = 0.2
         failure = ""
         for attempt in range(1, attempts + 1):
-            headers = {"Range": f"bytes={reader.got}-"} if reader.got else None
             try:
-                async with self.client.open_blob(f"/v2/{name}/blobs/{digest}", headers=headers) as stream:
-                    status = stream.status_code
-                    if status in RETRYABLE_STATUS:
-                        failure = f"HTTP {status}"
-                        if attempt == attempts:
-                            return BlobFinding(
-                                [Problem(digest, kind, "unexpected_status", status, None, "server error")]
-                            )
-                    elif status not in (200, 206):
-                        return BlobFinding(self._status_problem(name, kind, digest, status))
-                    else:
-                        if not reader.resumes(status, stream.headers.get("Content-Range", "")):
-                            reader.restart(HASHES[algorithm]())
-                        async for chunk in stream.chunks(CHUNK):
-                            if not await reader.take(chunk):
-                                break
-                        return self._judge(digest, kind, size, reader, status)
+                found = await self._attempt(name, kind, digest, size, reader, last=attempt == attempts)
             except BlobStreamBroken as exc:
-                failure = str(exc)
+                found = str(exc)
+            if isinstance(found, BlobFinding):
+                return found
+            failure = found
             if attempt < attempts:
                 log.info("blob %s of %s: %s, retrying in %.1fs", short_digest(digest), name, failure, delay)
                 await asyncio.sleep(delay)
@@ -269,6 +255,28 @@ class BlobChecker:
             f"The registry {self.host} kept failing to send {kind} {short_digest(digest)} of {name}{read}: "
             f"{failure} ({attempts} attempts); could not check it, try again later."
         )
+
+    async def _attempt(
+        self, name: str, kind: Kind, digest: str, size: int | None, reader: _Reader, *, last: bool
+    ) -> BlobFinding | str:
+        """One GET, resuming where the last one broke off: a finding, or why it must be tried again."""
+        headers = {"Range": f"bytes={reader.got}-"} if reader.got else None
+        async with self.client.open_blob(f"/v2/{name}/blobs/{digest}", headers=headers) as stream:
+            status = stream.status_code
+            if status in RETRYABLE_STATUS:
+                if last:
+                    return BlobFinding([Problem(digest, kind, "unexpected_status", status, None, "server error")])
+                return f"HTTP {status}"
+            if status not in (200, 206):
+                return BlobFinding(self._status_problem(name, kind, digest, status))
+            if not reader.resumes(status, stream.headers.get("Content-Range", "")):
+                reader.restart()
+                if status == 206:  # a part from elsewhere in the blob: hashing it would prove nothing
+                    return "a partial answer from another offset"
+            async for chunk in stream.chunks(CHUNK):
+                if not await reader.take(chunk):
+                    break
+            return self._judge(digest, kind, size, reader, status)
 
     def _judge(self, digest: str, kind: Kind, size: int | None, reader: _Reader, status: int) -> BlobFinding:
         if reader.over:
@@ -288,8 +296,9 @@ class BlobChecker:
 class _Reader:
     """The hashing state of one blob's download, kept across retries so a resumed stream goes on from it."""
 
-    def __init__(self, hasher: Any, meter: Meter, pace: RateLimit | None, cap: int | None) -> None:
-        self.hasher = hasher
+    def __init__(self, algorithm: str, meter: Meter, pace: RateLimit | None, cap: int | None) -> None:
+        self.algorithm = algorithm
+        self.hasher = HASHES[algorithm]()
         self.meter = meter
         self.pace = pace
         self.cap = cap
@@ -303,9 +312,9 @@ class _Reader:
         match = _CONTENT_RANGE.match(content_range.strip())
         return status == 206 and match is not None and int(match.group(1)) == self.got
 
-    def restart(self, hasher: Any) -> None:
+    def restart(self) -> None:
         self.meter.hashed -= self.got
-        self.hasher, self.got = hasher, 0
+        self.hasher, self.got = HASHES[self.algorithm](), 0
 
     async def take(self, chunk: bytes) -> bool:
         """Hash one chunk; False (stop reading) once the blob is longer than its descriptor says."""
