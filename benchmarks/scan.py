@@ -60,15 +60,15 @@ async def main():
                 if "manifests" in doc:
                     await asyncio.gather(*(manifest(m["digest"]) for m in doc["manifests"]))
                 elif CONFIGS == "get":
-                    configs.add(doc["config"]["digest"])
                     blobs.update(d["digest"] for d in doc["layers"])
+                    config = doc["config"]["digest"]
+                    if config not in configs:  # read as soon as it is known, each once per repository
+                        configs.add(config)
+                        await read(f"/v2/{name}/blobs/{config}", config)
                 else:
                     blobs.update(d["digest"] for d in [doc["config"], *doc["layers"]])
             await asyncio.gather(*(manifest(t) for t in tags))
-            await asyncio.gather(
-                *(head(f"/v2/{name}/blobs/{b}") for b in blobs - configs),
-                *(read(f"/v2/{name}/blobs/{b}", b) for b in configs),
-            )
+            await asyncio.gather(*(head(f"/v2/{name}/blobs/{b}") for b in blobs))
         await asyncio.gather(*(repo(n) for n in repos))
 asyncio.run(main())
 """
