@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import CouldNotCheck
-from bot.registry.client import RETRYABLE_STATUS, BlobStreamBroken, RegistryClient, RegistryFailing
+from bot.registry.client import RETRYABLE_STATUS, RegistryClient, RegistryFailing
 from bot.registry.model import Kind, Problem, human_bytes, short_digest
+from bot.registry.stream import BlobStreamBroken, open_blob
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ class BlobChecker:
     ) -> BlobFinding | str:
         """One GET, resuming where the last one broke off: a finding, or why it must be tried again."""
         headers = {"Range": f"bytes={reader.got}-"} if reader.got else None
-        async with self.client.open_blob(f"/v2/{name}/blobs/{digest}", headers=headers) as stream:
+        async with open_blob(self.client, f"/v2/{name}/blobs/{digest}", headers=headers) as stream:
             status = stream.status_code
             if status in RETRYABLE_STATUS:
                 if last:

@@ -20,11 +20,10 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -34,9 +33,6 @@ from bot.errors import AuthFailed, CouldNotCheck
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {500, 502, 503, 504}
-REDIRECT_STATUS = {301, 302, 303, 307, 308}
-MAX_REDIRECTS = 5
-STREAM_BUFFER = 1 << 20  # aiohttp's read buffer for a streamed blob: fewer wake-ups per MiB than its 64 KiB
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -66,30 +62,6 @@ class RegistryFailing(CouldNotCheck):
     def __init__(self, message: str, http_status: int) -> None:
         super().__init__(message)
         self.http_status = http_status
-
-
-class BlobStreamBroken(CouldNotCheck):
-    """A blob GET could not be sent, or its answer stopped before its end (timeout, connection dropped)."""
-
-
-@dataclass
-class BlobStream:
-    """An open blob answer, its body not read yet: read it with `chunks()`, within `open_blob`'s block."""
-
-    status_code: int
-    headers: Mapping[str, str]
-    url: str  # where the answer finally came from, after redirects
-    _answer: aiohttp.ClientResponse
-
-    async def chunks(self, size: int) -> AsyncIterator[bytes]:
-        """The body in pieces of up to `size` bytes; BlobStreamBroken when it stops before its end."""
-        try:
-            async for chunk in self._answer.content.iter_chunked(size):
-                yield chunk
-        except TimeoutError:
-            raise BlobStreamBroken(f"no byte came for a while from {_path_of(self.url)}") from None
-        except aiohttp.ClientError as exc:
-            raise BlobStreamBroken(f"the answer from {_path_of(self.url)} broke off ({type(exc).__name__})") from None
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -262,73 +234,6 @@ class RegistryClient:
             delay *= 2.5
         raise AssertionError("unreachable")  # pragma: no cover
 
-    # --- streamed blobs -----------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def open_blob(self, path: str, *, headers: Mapping[str, str] | None = None) -> AsyncIterator[BlobStream]:
-        """GET a blob to read as a stream: one attempt, no retries (the caller knows how far it got).
-
-        The registry's 401 is answered once, as `request` does. Redirects are followed here, not by aiohttp:
-        credentials go only to the registry's own origin, never to the blob storage it redirects to. One of
-        the client's request slots is held while the block runs. Only silence times out (REGISTRY_TIMEOUT
-        without a byte), never a long download. Raises BlobStreamBroken when nothing could be sent.
-        """
-        url = f"{self.base_url}{path}"
-        async with self._semaphore:
-            answer, final_url, sent, own = await self._open_following(url, headers or {})
-            if answer.status == 401 and own:
-                challenge = answer.headers.get("WWW-Authenticate", "")
-                answer.close()
-                await self._answer_challenge(challenge, refused=sent, url=final_url)
-                answer, final_url, sent, own = await self._open_following(url, headers or {})
-                if answer.status == 401 and own:
-                    answer.close()
-                    raise AuthFailed(self._auth_failed_message())
-            try:
-                yield BlobStream(answer.status, answer.headers, final_url, answer)
-            finally:
-                if answer.content.at_eof():
-                    answer.release()  # read to its end: the connection goes back to the pool
-                else:
-                    answer.close()  # left unread (a wrong size, an error): the connection cannot be reused
-
-    async def _open_following(
-        self, url: str, headers: Mapping[str, str]
-    ) -> tuple[aiohttp.ClientResponse, str, str | None, bool]:
-        """(the open answer, its URL, the Authorization it was sent with, whether the URL is the registry's)
-        after following redirects."""
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.settings.registry_timeout, sock_read=self.settings.registry_timeout
-        )
-        own = True  # the first URL is the registry's; a redirect's is looked at
-        for _ in range(MAX_REDIRECTS + 1):
-            all_headers = dict(headers)
-            auth = self._auth_header(url) if own else None
-            if auth:
-                all_headers["Authorization"] = auth
-            started = time.perf_counter()
-            try:
-                answer = await self._http().get(
-                    url, headers=all_headers, allow_redirects=False, timeout=timeout, read_bufsize=STREAM_BUFFER
-                )
-            except TimeoutError:
-                self._observe("GET", 0, started)
-                raise BlobStreamBroken(
-                    f"GET {_path_of(url)} timed out after {self.settings.registry_timeout:g}s"
-                ) from None
-            except aiohttp.ClientError as exc:
-                self._observe("GET", 0, started)
-                raise BlobStreamBroken(f"GET {_path_of(url)} could not connect ({type(exc).__name__})") from None
-            self.requests_made += 1
-            self._observe("GET", answer.status, started)
-            location = answer.headers.get("Location")
-            if answer.status not in REDIRECT_STATUS or not location:
-                return answer, url, auth, own
-            answer.close()
-            url = urljoin(url, location)
-            own = _same_origin(url, self.base_url)
-        raise CouldNotCheck(f"The registry {self.settings.registry_host} redirected {_path_of(url)} too many times.")
-
     def _observe(self, method: str, status: int, started: float) -> None:
         if self._observer is not None:
             self._observer(method, status, time.perf_counter() - started)
@@ -419,17 +324,6 @@ def _repository_of(url: str) -> str:
         if marker in path:
             return path[4 : path.index(marker)]
     return ""
-
-
-def _same_origin(url: str, base_url: str) -> bool:
-    """Whether `url` is on the registry's own scheme, host and port (credentials may go there)."""
-    ports = {"http": 80, "https": 443}
-    a, b = urlsplit(url), urlsplit(base_url)
-    return (a.scheme, a.hostname, a.port or ports.get(a.scheme)) == (
-        b.scheme,
-        b.hostname,
-        b.port or ports.get(b.scheme),
-    )
 
 
 def _path_of(url: str) -> str:

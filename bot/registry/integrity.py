@@ -197,16 +197,8 @@ class IntegrityChecker:
                 Problem(header_digest, kind, "digest_mismatch", status, None, f"stored bytes hash to {actual}")
             )
         if expected_size is not None and len(body) != expected_size:
-            outcome.problems.append(
-                Problem(
-                    outcome.digest,
-                    kind,
-                    "size_mismatch",
-                    status,
-                    None,
-                    f"{len(body)} bytes, descriptor says {expected_size}",
-                )
-            )
+            detail = f"{len(body)} bytes, descriptor says {expected_size}"
+            outcome.problems.append(Problem(outcome.digest, kind, "size_mismatch", status, None, detail))
 
         document, media_type, invalid = _parse_manifest(body, response.headers.get("Content-Type", ""))
         if invalid:
