@@ -34,12 +34,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bot import __version__
+
     parser = _Parser(prog="registry-bot", description="Find, fix and verify broken images on an OCI registry.")
+    parser.add_argument("--version", action="version", version=f"registry-bot {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log requests and retries to stderr")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = commands.add_parser("check", help="check one image, down to every blob")
-    check.add_argument("reference", help="owner/name:tag or owner/name@sha256:<digest>, optionally host-prefixed")
+    check.add_argument(
+        "reference", help="owner/name[:tag] (default :latest) or owner/name@sha256:<digest>, optionally host-prefixed"
+    )
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.add_argument("--deep", action="store_true", help=DEEP_HELP)
 
@@ -98,23 +103,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from bot.errors import BadReference
     from bot.refs import parse_reference
     from bot.registry.model import CheckResult
 
     settings: Settings | None = None
+    ref: ImageRef | None = None
     try:
         settings = load_settings()
+        try:
+            ref = parse_reference(args.reference, settings.all_registry_hosts)
+        except BadReference:
+            if settings.registry_url:
+                raise
+            # Without a registry, a host prefix cannot be judged: the missing setting is the thing to fix.
         settings.require("registry_url")
-        ref = parse_reference(args.reference, settings.all_registry_hosts)
+        assert ref is not None
         result = asyncio.run(_check_one(settings, ref, args.deep))
     except UserFacingError as exc:
         result = CheckResult(
-            reference=args.reference[:200],
+            reference=str(ref) if ref else args.reference[:200],
             registry=settings.registry_host if settings else "",
             status="error",
             error=str(exc),
         )
     _clear_progress_line(args.deep)
+    if ref is not None and ref.implied_note:
+        result.note = ref.implied_note
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -125,12 +140,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _check_one(settings: Settings, ref: ImageRef, deep: bool) -> CheckResult:
-    from bot.integrations.vault import registry_password
-    from bot.registry.client import RegistryClient
     from bot.registry.integrity import IntegrityChecker
+    from bot.registry.session import open_registry
+    from bot.secrets import SecretResolver
 
-    password = await asyncio.to_thread(registry_password, settings)
-    async with RegistryClient(settings, password) as client:
+    async with open_registry(settings, SecretResolver(settings)) as client:
         return await IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep)).check(ref)
 
 
@@ -194,13 +208,12 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 async def _scan_all(settings: Settings, tags_per_repo: int | None, deep: bool) -> ScanResult:
-    from bot.integrations.vault import registry_password
-    from bot.registry.client import RegistryClient
     from bot.registry.integrity import IntegrityChecker
     from bot.registry.scan import scan_registry
+    from bot.registry.session import open_registry
+    from bot.secrets import SecretResolver
 
-    password = await asyncio.to_thread(registry_password, settings)
-    async with RegistryClient(settings, password) as client:
+    async with open_registry(settings, SecretResolver(settings)) as client:
         checker = IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep))
         return await scan_registry(client, tags_per_repo=tags_per_repo, checker=checker)
 

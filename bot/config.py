@@ -61,7 +61,13 @@ class Settings:
     registry_kind: str = _setting("forgejo", "forgejo or distribution: how versions are listed and deleted.")
     registry_hosts: tuple[str, ...] = _setting(
         (),
-        "Other host[:port] names of the same registry (in-cluster service name, mirrors), comma-separated.",
+        "Other host[:port] names of the same registry (in-cluster service name, public name, mirrors), "
+        "comma-separated; trusted as its own (a token realm there gets the login).",
+    )
+    registry_token_realms: tuple[str, ...] = _setting(
+        (),
+        "Hosts (host[:port]) besides the registry's own that may receive its login as a Bearer token service "
+        "(e.g. auth.docker.io), comma-separated; the login goes nowhere else, and never from https to http.",
     )
     registry_instance: str = _setting(
         "", "The `instance` label the probe's metrics and alerts carry (default: REGISTRY_URL's host[:port])."
@@ -145,7 +151,11 @@ class Settings:
     ci_unreachable_grace: float = _setting(120.0, "Seconds CI may stop answering while the bot follows a pipeline.")
     rollout_timeout: float = _setting(600.0, "Seconds a restarted workload may take to roll out.")
     node_actions: bool = _setting(False, "Offer 'Drain <node> and restart containerd' (always two approvers).")
-    node_shell_image: str = _setting("alpine:3.20", "Image of the privileged pod that restarts containerd.")
+    node_shell_image: str = _setting(
+        "alpine:3.20@sha256:d9e853e87e55526f6b2917df91a2115c36dd7c696a35be12163d44e6e2a4b6bc",
+        "Image of the privileged pod that restarts containerd (pinned by digest; the node-actions admission policy "
+        "names the same image).",
+    )
     eviction_timeout: float = _setting(300.0, "Seconds to keep retrying evictions a PodDisruptionBudget refuses.")
     dry_run: bool = _setting(False, "Do every read, report every write, make none.")
     # --- phase 4 and the bot's own probe ---------------------------------------------------------------
@@ -249,7 +259,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if env.get("REGISTRY_BOT_CONFIG"):
         file_values = _read_yaml(env["REGISTRY_BOT_CONFIG"])
     known = {f.name for f in setting_fields()}
-    unknown = sorted(set(file_values) - known - EXTRA_FILE_KEYS)
+    unknown = sorted(set(file_values) - known)
     if unknown:
         raise ConfigError("Unknown settings in the config file: " + ", ".join(unknown) + ".")
     values: dict[str, Any] = {}
@@ -272,7 +282,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 # Structured sections only the YAML file can hold (per-image CI mappings and the like).
-EXTRA_FILE_KEYS: set[str] = set()
 _FILE_ONLY = {"images"}
 
 

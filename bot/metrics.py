@@ -76,3 +76,16 @@ def clear_probe_gauges() -> None:
     """A replica that is not the leader exports no probe series (two replicas must not disagree)."""
     for gauge in PROBE_GAUGES:
         gauge.clear()
+
+
+def observe_registry(method: str, status: int, seconds: float) -> None:
+    """The registry client's observer: every answer counted and timed (status 0: no answer)."""
+    REGISTRY_REQUESTS.labels(method=method, status=str(status) if status else "none").inc()
+    REGISTRY_LATENCY.labels(method=method).observe(seconds)
+
+
+def count_incidents(states: list[str]) -> None:
+    from bot.incidents.lifecycle import State
+
+    for state in State:
+        INCIDENTS.labels(state=state).set(states.count(state))

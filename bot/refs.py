@@ -6,14 +6,16 @@ Validation happens before any network request, so a malformed or foreign referen
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from bot.errors import BadReference
 
 # From distribution/reference's grammar (reference/regexp.go).
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+# ASCII only, as in distribution: Python's `\w` would also take Unicode letters and digits.
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", re.ASCII)
 _DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _HOST = re.compile(
@@ -21,6 +23,8 @@ _HOST = re.compile(
 )
 MAX_NAME_LENGTH = 255
 MAX_REFERENCE_LENGTH = 512
+DEFAULT_TAG = "latest"
+IMPLIED_TAG_NOTE = f"no tag given; checked :{DEFAULT_TAG}"
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,18 @@ class ImageRef:
     name: str
     tag: str | None = None
     digest: str | None = None
+    # True when the text named no tag nor digest and `latest` was taken, as docker and skopeo do.
+    tag_implied: bool = field(default=False, compare=False)
+
+    @property
+    def implied_note(self) -> str | None:
+        """What a verdict should add when the tag was not given but implied."""
+        return IMPLIED_TAG_NOTE if self.tag_implied else None
 
     @property
     def reference(self) -> str:
         """What to put after /manifests/: the digest when there is one, else the tag."""
-        return self.digest or self.tag or "latest"
+        return self.digest or self.tag or DEFAULT_TAG
 
     @property
     def owner(self) -> str:
@@ -54,8 +65,31 @@ class ImageRef:
         return text
 
 
+def valid_repository_name(name: str) -> bool:
+    """Whether `name` fits the repository grammar (so it is safe in a /v2/<name>/... path)."""
+    return len(name) <= MAX_NAME_LENGTH and _NAME.fullmatch(name) is not None
+
+
+def valid_tag(tag: str) -> bool:
+    return _TAG.fullmatch(tag) is not None
+
+
+def valid_digest(digest: str) -> bool:
+    match = _DIGEST.fullmatch(digest)
+    return match is not None and len(match.group(2)) == _DIGEST_HEX_LENGTH[match.group(1)]
+
+
+def manifest_path(name: str, reference: str) -> str:
+    """`/v2/<name>/manifests/<tag or digest>`, refusing anything that is not one (a registry's answer may lie)."""
+    if not valid_repository_name(name):
+        raise BadReference(f"'{_clip(name)}' is not a valid repository name; it was not put in a request.")
+    if not (valid_digest(reference) or valid_tag(reference)):
+        raise BadReference(f"'{_clip(reference)}' is not a digest nor a tag; it was not put in a request.")
+    return f"/v2/{quote(name, safe='/')}/manifests/{quote(reference, safe=':')}"
+
+
 def validate_digest(digest: str) -> str:
-    match = _DIGEST.match(digest)
+    match = _DIGEST.fullmatch(digest)
     if not match:
         raise BadReference(f"'{_clip(digest)}' is not a digest: expected sha256:<64 hex> or sha512:<128 hex>.")
     algorithm, hex_part = match.groups()
@@ -68,7 +102,7 @@ def validate_digest(digest: str) -> str:
 
 
 def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef:
-    """Parse `[host[:port]/]owner/name(:tag|@digest|:tag@digest)`.
+    """Parse `[host[:port]/]owner/name[:tag][@digest]`; with neither tag nor digest the tag is `latest`.
 
     `registry_hosts` are the host[:port] names of the configured registry; a reference naming any other
     host is refused, since the bot holds credentials for its own registry only.
@@ -91,7 +125,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     host = None
     if sep and ("." in first or ":" in first or first == "localhost"):
         host, remainder = first, rest
-        if not _HOST.match(host):
+        if not _HOST.fullmatch(host):
             raise BadReference(f"'{_clip(host)}' is not a valid registry host.")
         allowed = {h.lower() for h in registry_hosts}
         if host.lower() not in allowed:
@@ -103,18 +137,18 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     colon = remainder.rfind(":")
     if colon > last_slash:
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise BadReference(
-                f"'{_clip(tag)}' is not a valid tag: up to 128 letters, digits, '_', '.', '-', "
+                f"'{_clip(tag)}' is not a valid tag: up to 128 ASCII letters, digits, '_', '.', '-', "
                 "not starting with '.' or '-'."
             )
 
     name = remainder
     if not name:
         raise BadReference(f"'{_clip(raw)}' names no repository: expected owner/name:tag.")
-    if name != name.lower() and _NAME.match(name.lower()):
+    if name != name.lower() and _NAME.fullmatch(name.lower()):
         raise BadReference(f"'{_clip(name)}' has capital letters; repository names are lowercase.")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise BadReference(
             f"'{_clip(name)}' is not a valid repository name: lowercase letters and digits in components "
             "separated by '/', joined inside by '.', '_', '__' or '-'."
@@ -122,7 +156,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     if len(name) > MAX_NAME_LENGTH:
         raise BadReference(f"The repository name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}.")
     if tag is None and digest is None:
-        raise BadReference(f"'{_clip(raw)}' has no tag or digest: add ':<tag>' or '@sha256:<digest>'.")
+        return ImageRef(name=name, tag=DEFAULT_TAG, tag_implied=True)
     return ImageRef(name=name, tag=tag, digest=digest)
 
 
@@ -157,7 +191,7 @@ def parse_container_image(image: str) -> ContainerImage | None:
     colon = remainder.rfind(":")
     if colon > remainder.rfind("/"):
         remainder, tag = remainder[:colon], remainder[colon + 1 :]
-    if not remainder or not _NAME.match(remainder):
+    if not remainder or not _NAME.fullmatch(remainder):
         return None
     if tag is None and digest is None:
         tag = "latest"

@@ -12,59 +12,94 @@ APScheduler 3.x would otherwise skip a job more than one second late).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from apscheduler.executors.base import BaseExecutor
 
 from bot import metrics
+from bot.config import Settings
 from bot.errors import UserFacingError
-
-if TYPE_CHECKING:
-    from bot.flows import RegistryBot
-    from bot.incidents.models import Incident
+from bot.incidents.models import Incident
+from bot.incidents.store import Store
+from bot.integrations.kube import Kube
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "registry-bot-leader"
-_CURRENT: RegistryBot | None = None  # the process's bot, for jobs loaded from the store
+Verify = Callable[[int], Coroutine[Any, Any, None]]
 
 
-async def verification_job(incident_id: int) -> None:
-    """The job APScheduler runs (by reference, so it survives restarts): verify one incident."""
-    bot = _CURRENT
-    if bot is None:
-        log.error("verification of incident %s fell due before the bot was ready", incident_id)
-        return
-    await bot.run_verification(incident_id, requested_by=None)
+def verification_job(incident_id: int) -> None:
+    """The reference a verification job is stored under, so it survives restarts. The LoopExecutor runs it
+    on the bot's event loop through the runner; it is never called itself."""
+    raise RuntimeError(f"verification of incident {incident_id} must run through the LoopExecutor")
+
+
+class LoopExecutor(BaseExecutor):  # type: ignore[misc]
+    """Runs due verification jobs as coroutines on the bot's event loop, from the scheduler's own thread.
+
+    The scheduler runs in a thread (BackgroundScheduler) so that its job-store queries never block the event
+    loop that answers Slack and /healthz; only the verification itself comes back to the loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, verify: Verify) -> None:
+        super().__init__()
+        self.loop = loop
+        self.verify = verify
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.verify(*job.args), self.loop)
+
+        def done(finished: concurrent.futures.Future[None]) -> None:
+            error = finished.exception()
+            if error is None:
+                self._run_job_success(job.id, [])
+            else:
+                self._run_job_error(job.id, error, error.__traceback__)
+
+        future.add_done_callback(done)
 
 
 class Leadership:
-    def __init__(self, bot: RegistryBot) -> None:
-        global _CURRENT
-        _CURRENT = bot
-        self.bot = bot
-        self.settings = bot.settings
+    """Leader election, the leader's scheduler and probe; the VerificationScheduler every replica uses."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        kube: Kube | None,
+        replica: str,
+        verify: Verify,
+        probe: Callable[[], Awaitable[Any]],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.replica = replica
+        self.verify = verify
+        self.probe = probe
         self.is_leader = False
-        self.lease_seconds = max(self.settings.leader_lease_seconds, 3.0)
+        self.lease_seconds = max(settings.leader_lease_seconds, 3.0)
         self._runner: Any = None  # the leader's running scheduler
         self._writer: Any = None  # a paused scheduler every replica uses to add jobs
         self._probe: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
-        self._lease: Any = None
-        mode = self.settings.leader_election
+        mode = settings.leader_election
         if mode == "auto":
-            mode = "lease" if bot.kube is not None and _in_cluster() else "database"
+            mode = "lease" if kube is not None and _in_cluster() else "database"
         self.mode = mode
+        self._lease = KubeLease(kube, replica, settings.pod_namespace, LOCK_NAME, self.lease_seconds) if kube else None
 
     def role(self) -> str:
         return "leader" if self.is_leader else "standby"
 
     async def start(self) -> None:
-        self._writer = self._scheduler(paused=True)
+        self._writer = await self._scheduler(paused=True)
         self._loop_task = asyncio.create_task(self._loop(), name="leader election")
-        self.bot.on_fixed = self.schedule_verification
-        self.bot.is_leader = lambda: self.is_leader
 
     async def stop(self) -> None:
         if self._loop_task is not None:
@@ -74,25 +109,26 @@ class Leadership:
         await self._step_down()
         with contextlib.suppress(Exception):
             if self.mode == "database":
-                await asyncio.to_thread(self.bot.store.release_lead, LOCK_NAME, self.bot.replica)
+                await asyncio.to_thread(self.store.release_lead, LOCK_NAME, self.replica)
             elif self._lease is not None:
                 await self._lease.release()
         if self._writer is not None:
-            self._writer.shutdown(wait=False)
+            await asyncio.to_thread(self._writer.shutdown, False)
 
     # --- jobs ----------------------------------------------------------------------------------------
 
-    def _scheduler(self, paused: bool) -> Any:
+    async def _scheduler(self, paused: bool) -> Any:
         from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        from apscheduler.schedulers.background import BackgroundScheduler
 
         # Its own engine: the job store disposes the engine it holds when its scheduler shuts down.
-        scheduler = AsyncIOScheduler(
+        scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(url=self.settings.database)},
+            executors={"default": LoopExecutor(asyncio.get_running_loop(), self.verify)},
             job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
             timezone=UTC,
         )
-        scheduler.start(paused=paused)
+        await asyncio.to_thread(scheduler.start, paused=paused)
         return scheduler
 
     async def schedule_verification(self, incident: Incident, delay: float | None = None) -> datetime:
@@ -110,7 +146,6 @@ class Leadership:
         )
         if self._runner is not None:
             self._runner.wakeup()
-        await self.bot.announce_verification(incident, when)
         return when
 
     # --- the election loop --------------------------------------------------------------------------------
@@ -134,17 +169,15 @@ class Leadership:
 
     async def _try_lead(self) -> bool:
         ttl = timedelta(seconds=self.lease_seconds)
-        if self.mode == "database":
-            return bool(await asyncio.to_thread(self.bot.store.try_lead, LOCK_NAME, self.bot.replica, ttl))
-        if self._lease is None:
-            self._lease = KubeLease(self.bot, self.settings.pod_namespace, LOCK_NAME, self.lease_seconds)
-        return bool(await self._lease.try_acquire())
+        if self.mode == "database" or self._lease is None:
+            return bool(await asyncio.to_thread(self.store.try_lead, LOCK_NAME, self.replica, ttl))
+        return await self._lease.try_acquire()
 
     async def _step_up(self) -> None:
         log.info("this replica is now the leader (%s)", self.mode)
         self.is_leader = True
         metrics.IS_LEADER.set(1)
-        self._runner = self._scheduler(paused=False)
+        self._runner = await self._scheduler(paused=False)
         if self.settings.scan_interval > 0:
             self._probe = asyncio.create_task(self._probe_loop(), name="the bot's probe")
 
@@ -157,15 +190,15 @@ class Leadership:
                 await self._probe
             self._probe = None
         if self._runner is not None:
-            self._runner.shutdown(wait=False)
-            self._runner = None
+            runner, self._runner = self._runner, None
+            await asyncio.to_thread(runner.shutdown, False)
         metrics.clear_probe_gauges()
 
     async def _probe_loop(self) -> None:
         while True:
             started = time.monotonic()
             try:
-                await self.bot.probe_once()
+                await self.probe()
             except UserFacingError as exc:
                 log.warning("the bot's probe could not run: %s", exc)
             except Exception:
@@ -176,15 +209,15 @@ class Leadership:
 class KubeLease:
     """A coordination.k8s.io/v1 Lease held by renewing it; taken over when it expires."""
 
-    def __init__(self, bot: RegistryBot, namespace: str, name: str, seconds: float) -> None:
-        self.bot = bot
+    def __init__(self, kube: Kube, replica: str, namespace: str, name: str, seconds: float) -> None:
+        self.kube = kube
+        self.replica = replica
         self.namespace = namespace
         self.name = name
         self.seconds = int(seconds)
 
     async def try_acquire(self) -> bool:
-        assert self.bot.kube is not None
-        replica, seconds, namespace, name = self.bot.replica, self.seconds, self.namespace, self.name
+        replica, seconds, namespace, name = self.replica, self.seconds, self.namespace, self.name
 
         def attempt(api: Any) -> bool:
             from kubernetes import client
@@ -225,11 +258,10 @@ class KubeLease:
                 raise
             return True
 
-        return bool(await self.bot.kube.call(f"renewing the {name} Lease", attempt))
+        return bool(await self.kube.call(f"renewing the {name} Lease", attempt))
 
     async def release(self) -> None:
-        assert self.bot.kube is not None
-        replica, namespace, name = self.bot.replica, self.namespace, self.name
+        replica, namespace, name = self.replica, self.namespace, self.name
 
         def give_up(api: Any) -> None:
             from kubernetes import client
@@ -241,7 +273,7 @@ class KubeLease:
                 lease.spec.renew_time = None
                 leases.replace_namespaced_lease(name, namespace, lease)
 
-        await self.bot.kube.call("releasing the Lease", give_up)
+        await self.kube.call("releasing the Lease", give_up)
 
 
 def _in_cluster() -> bool:

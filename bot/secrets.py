@@ -6,6 +6,7 @@ environment variable `<NAME>_VAULT` (e.g. `SLACK_BOT_TOKEN_VAULT=viktor#slack_bo
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 
@@ -45,3 +46,25 @@ def resolve_secrets(settings: Settings, names: tuple[str, ...]) -> Settings:
         if source is not None:
             values[name] = Secret(vault.read(*source))
     return settings.with_values(**values)
+
+
+class SecretResolver:
+    """Secrets resolved when first needed, for the command line and the bot alike: a Vault outage fails
+    the one check or phase that needed the secret, never the bot's start. Every value is masked in logs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, name: str) -> str:
+        """The secret's value; "" when it is neither set nor in Vault. Raises SecretUnavailable."""
+        from bot.logsetup import register_secret
+
+        async with self._lock:
+            if name not in self._cache:
+                settings = await asyncio.to_thread(resolve_secrets, self.settings, (name,))
+                value = getattr(settings, name)
+                self._cache[name] = value.reveal() if value else ""
+                register_secret(self._cache[name])  # never in a log line, wherever it came from
+            return self._cache[name]

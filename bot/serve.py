@@ -7,13 +7,27 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import secrets
 import signal
+import socket
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot import logsetup
 from bot.config import Settings, setting_fields
 from bot.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from slack_bolt.async_app import AsyncApp
+    from starlette.applications import Starlette
+
+    from bot.engine.ports import Supervisor
+    from bot.engine.recovery import Recovery
+    from bot.incidents.store import Store
+    from bot.scheduler import Leadership
+    from bot.slack.gateway import SlackGateway
 
 log = logging.getLogger("bot.serve")
 REQUIRED = ("registry_url", "slack_bot_token", "slack_signing_secret", "slack_channel", "alertmanager_token")
@@ -45,63 +59,113 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def all_phases() -> dict[str, Any]:
-    phases: dict[str, Any] = {}
-    for module, name in (
-        ("bot.runbook.rebuild", "rebuild"),
-        ("bot.runbook.restart", "restart"),
-        ("bot.runbook.node", "node"),
-        ("bot.runbook.verify", "verify"),
-    ):
-        try:
-            phases[name] = getattr(__import__(module, fromlist=[name]), name)
-        except ModuleNotFoundError:
-            continue
-    return phases
+def replica_id(settings: Settings) -> str:
+    name = settings.pod_name or socket.gethostname()
+    return f"{name}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-async def run(settings: Settings) -> None:
-    import uvicorn
+@dataclass
+class Parts:
+    replica: str
+    store: Store
+    slack: SlackGateway
+    supervisor: Supervisor
+    leadership: Leadership
+    recovery: Recovery
+    bolt: AsyncApp
+    web: Starlette
 
-    from bot.flows import RegistryBot
+
+async def compose(settings: Settings) -> Parts:
+    """The composition root: every part built once here and handed what it uses."""
+    from bot.engine.intake import Intake
+    from bot.engine.ports import Supervisor
+    from bot.engine.recovery import Recovery
+    from bot.engine.requests import Requests
+    from bot.engine.runner import Runner
     from bot.incidents.store import Store
     from bot.integrations.kube import Kube, kube_configured
-    from bot.slack.app import build_bolt
+    from bot.runbook.phases import all_phases
+    from bot.scheduler import Leadership
+    from bot.secrets import SecretResolver
+    from bot.slack.app import SlackApp
+    from bot.slack.clicks import Clicks
     from bot.slack.gateway import SlackGateway
+    from bot.slack.notifier import SlackNotifier
     from bot.web import build_web
 
     store = Store(settings.database)
     await asyncio.to_thread(store.migrate)
     slack = SlackGateway(settings.slack_bot_token.reveal(), settings.slack_api_url, settings.slack_retry_for)
     kube = Kube(settings) if kube_configured(settings) else None
-    bot = RegistryBot(settings, store, slack, kube, phases=all_phases())
-    leadership = await start_leadership(bot)
-    bolt = build_bolt(bot)
-    web = build_web(bot, bolt, leadership.role)
-    bot.spawn(slack.identify(), "identifying the bot with Slack")
-    bot.spawn(bot.heartbeats(), "heartbeats")
-    bot.spawn(bot.maintain(), "maintenance")
+    replica = replica_id(settings)
+    secret_resolver = SecretResolver(settings)
+    supervisor = Supervisor()
+    notifier = SlackNotifier(settings, slack, store)
+    # The scheduler runs verification through the runner, which schedules through the scheduler: the first
+    # is handed a call that reaches the second once both exist.
+    runner: Runner | None = None
+
+    async def verify(incident_id: int) -> None:
+        assert runner is not None
+        await runner.run_verification(incident_id)
+
+    async def probe() -> None:
+        await intake.probe_once()
+
+    leadership = Leadership(settings, store, kube, replica, verify, probe)
+    runner = Runner(
+        settings,
+        store,
+        notifier,
+        supervisor,
+        all_phases(),
+        leadership,
+        kube=kube,
+        secrets=secret_resolver,
+        replica=replica,
+    )
+    intake = Intake(settings, store, notifier, supervisor, runner, kube=kube, secrets=secret_resolver)
+    recovery = Recovery(settings, store, notifier, supervisor, runner, lambda: leadership.is_leader)
+    clicks = Clicks(settings, store, slack, notifier, intake, Requests(settings, store, notifier, runner))
+    bolt = SlackApp(settings, store, slack, supervisor, intake, clicks).build()
+    web = build_web(settings, store, intake, bolt, leadership.role, replica)
+    return Parts(replica, store, slack, supervisor, leadership, recovery, bolt, web)
+
+
+async def run(settings: Settings) -> None:
+    import uvicorn
+
+    parts = await compose(settings)
+    supervisor, leadership = parts.supervisor, parts.leadership
+    await leadership.start()
+    supervisor.spawn(parts.slack.identify(), "identifying the bot with Slack")
+    parts.recovery.start()
     socket_mode = None
     if settings.slack_app_token:
         from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-        socket_mode = AsyncSocketModeHandler(bolt, settings.slack_app_token.reveal())
-        bot.spawn(socket_mode.connect_async(), "connecting Socket Mode")  # type: ignore[no-untyped-call]
+        socket_mode = AsyncSocketModeHandler(parts.bolt, settings.slack_app_token.reveal())
+        supervisor.spawn(socket_mode.connect_async(), "connecting Socket Mode")  # type: ignore[no-untyped-call]
 
     config = uvicorn.Config(
-        web, host=settings.bot_host, port=settings.bot_port, log_level="warning", access_log=False, lifespan="off"
+        parts.web, host=settings.bot_host, port=settings.bot_port, log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
     loop = asyncio.get_running_loop()
+
+    def stop_serving() -> None:
+        server.should_exit = True
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+            loop.add_signal_handler(sig, stop_serving)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign,attr-defined]
     # Everything allocated so far lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stop every request in flight for ~100 ms (measured by benchmarks/ack.py).
     gc.collect()
     gc.freeze()
-    log.info("registry-bot serving on %s:%s as replica %s", settings.bot_host, settings.bot_port, bot.replica)
+    log.info("registry-bot serving on %s:%s as replica %s", settings.bot_host, settings.bot_port, parts.replica)
     try:
         await server.serve()
     finally:
@@ -109,28 +173,6 @@ async def run(settings: Settings) -> None:
         if socket_mode is not None:
             with contextlib.suppress(Exception):
                 await socket_mode.close_async()  # type: ignore[no-untyped-call]
-        for task in list(bot.tasks):
-            task.cancel()
-        await asyncio.gather(*bot.tasks, return_exceptions=True)
-        store.close()
+        await supervisor.stop()
+        parts.store.close()
         log.info("registry-bot stopped")
-
-
-class NoLeadership:
-    """Until the scheduler exists: every replica is a standby that serves Slack and the webhook."""
-
-    def role(self) -> str:
-        return "standby"
-
-    async def stop(self) -> None:
-        return None
-
-
-async def start_leadership(bot: Any) -> Any:
-    try:
-        from bot.scheduler import Leadership
-    except ModuleNotFoundError:
-        return NoLeadership()
-    leadership = Leadership(bot)
-    await leadership.start()
-    return leadership

@@ -18,15 +18,19 @@ from starlette.routing import Route
 
 from bot import metrics
 from bot.alerts import NotAnAlertPayload, parse_notification
-from bot.flows import RegistryBot
+from bot.config import Settings
+from bot.engine.intake import Intake
+from bot.incidents.store import Store
 
 log = logging.getLogger(__name__)
 MAX_WEBHOOK_BYTES = 1_000_000
 
 
-def build_web(bot: RegistryBot, bolt: AsyncApp, role: Callable[[], str]) -> Starlette:
+def build_web(
+    settings: Settings, store: Store, intake: Intake, bolt: AsyncApp, role: Callable[[], str], replica: str
+) -> Starlette:
     slack_handler = AsyncSlackRequestHandler(bolt)
-    expected = f"Bearer {bot.settings.alertmanager_token.reveal()}".encode()
+    expected = f"Bearer {settings.alertmanager_token.reveal()}".encode()
 
     async def slack_events(request: Request) -> Response:
         try:
@@ -50,15 +54,15 @@ def build_web(bot: RegistryBot, bolt: AsyncApp, role: Callable[[], str]) -> Star
             metrics.ALERTS_RECEIVED.labels(alertname="-", outcome="bad_payload").inc()
             log.warning("refused an /alertmanager payload: %s", reason)
             return PlainTextResponse(f"not an Alertmanager payload: {reason}\n", status_code=400)
-        await bot.handle_notification(notification)
+        await intake.handle_notification(notification)
         return JSONResponse({"status": "accepted", "alerts": len(notification.alerts)})
 
     async def healthz(_request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
     async def readyz(_request: Request) -> Response:
-        database = await asyncio.to_thread(bot.store.ping)
-        body = {"ready": database, "role": role(), "database": database, "replica": bot.replica}
+        database = await asyncio.to_thread(store.ping)
+        body = {"ready": database, "role": role(), "database": database, "replica": replica}
         return JSONResponse(body, status_code=200 if database else 503)
 
     async def metrics_endpoint(_request: Request) -> Response:

@@ -145,7 +145,6 @@ def test_human_output_is_a_verdict_then_one_line_per_problem(registry, pusher, r
     "ref, why",
     [
         ("Viktor/App:latest", "capital"),
-        ("viktor/app", "no tag or digest"),
         ("viktor/app@sha256:abc", "64 hex"),
         ("viktor/app@md5:0123456789abcdef0123456789abcdef", "not a digest"),
         ("ghcr.io/viktor/app:latest", "not this bot's registry"),
@@ -179,6 +178,36 @@ def test_missing_registry_url_is_exit_2_naming_it():
     run = run_cli("check", "viktor/app:latest", "--json")
     assert run.code == 2
     assert "REGISTRY_URL" in run.json()["error"]
+
+
+@pytest.mark.parametrize("ref", ["viktor/app:latest", "viktor/app"])
+def test_without_a_registry_the_verdict_names_no_empty_host(ref):
+    run = run_cli("check", ref)
+    assert run.code == 2
+    line = run.stdout.strip()
+    assert line.startswith("COULD NOT CHECK viktor/app:latest") and line.endswith(
+        ": Missing required settings: REGISTRY_URL."
+    )
+    assert " on :" not in line and " on " not in line
+
+
+def test_a_bare_name_is_checked_as_latest_and_the_verdict_says_so(registry, pusher, repo_name):
+    image = pusher.push_image(repo_name, "latest")
+    run = check(registry, repo_name)
+    assert run.code == 0, run.stdout + run.stderr
+    body = run.json()
+    assert (body["reference"], body["digest"], body["status"]) == (image.reference, image.digest, "intact")
+    assert body["note"] == "no tag given; checked :latest"
+    human = run_cli("check", repo_name, env={"REGISTRY_URL": registry.url}).stdout
+    assert human.startswith(f"INTACT {repo_name}:latest (no tag given; checked :latest) on {registry.host}")
+    assert "note" not in check(registry, image.reference).json()  # a tag given is not remarked on
+
+
+def test_version_prints_the_version():
+    import bot
+
+    run = run_cli("--version")
+    assert (run.code, run.stdout.strip(), run.stderr) == (0, f"registry-bot {bot.__version__}", "")
 
 
 def test_sha512_digests_are_accepted(registry):

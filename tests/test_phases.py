@@ -14,17 +14,21 @@ from pathlib import Path
 import pytest
 
 from bot.config import Secret, Settings
+from bot.incidents.lifecycle import Outcome
 from bot.incidents.models import Incident
 from bot.integrations.kube import Kube
-from bot.runbook.base import PhaseContext, PhaseResult, RecordingProgress, SecretResolver
+from bot.runbook.base import PhaseContext, PhaseResult, RecordingProgress
 from bot.runbook.node import node
 from bot.runbook.rebuild import rebuild
 from bot.runbook.restart import restart
+from bot.secrets import SecretResolver
 from tests.peers.forgejo import ForgejoStandIn, ForgejoUser
 from tests.peers.github_actions import GitHubActionsStandIn
 from tests.peers.kube_api import KubeStandIn
+from tests.peers.kube_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage, Registry
 from tests.peers.woodpecker import WoodpeckerStandIn
+from tests.peers.woodpecker_protocol import protocol_errors
 from tests.world import unsaved_incident
 
 
@@ -81,6 +85,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
             monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
             kube.add_namespace("registry-bot")
             yield Cluster(registry, forgejo, woodpecker, github, kube, kubeconfig)
+            assert answer_errors(kube.answers) == []  # the stand-in answered only what Kubernetes 1.34 could
+            assert protocol_errors(woodpecker) == []  # and Woodpecker's only what protocols.md says it does
 
 
 def broken(cluster: Cluster, name: str = "viktor/payslip-ingest", tag: str = "latest") -> PushedImage:
@@ -115,7 +121,7 @@ async def pipeline_started(cluster: Cluster) -> None:
 
 
 def texts(progress: RecordingProgress) -> str:
-    return "\n".join(f"[{s['state']}] {s['text']}" for s in progress.lines())
+    return "\n".join(f"[{s.state}] {s.plain()}" for s in progress.steps.values())
 
 
 # --- Phase 2 -----------------------------------------------------------------------------------------
@@ -128,15 +134,17 @@ def test_rebuild_deletes_the_version_runs_the_pipeline_and_confirms_the_new_imag
     )
     result, progress = run_phase(rebuild, cluster, incident_for(cluster, image))
     assert result.ok, texts(progress)
-    assert result.state == "rebuilt"
-    assert result.data["check"].status == "intact"
-    assert result.data["check"].digest != image.digest  # a fresh push
+    assert result.outcome is Outcome.SUCCEEDED
+    assert result.check is not None and result.check.status == "intact"
+    assert result.check.digest != image.digest  # a fresh push
     deletes = [p for p in cluster.forgejo.paths("/api/v1/packages/") if "container/payslip-ingest/latest" in p]
     assert deletes, "the broken version was not deleted"
     started = cluster.woodpecker.requests_to("POST", r"/api/repos/\d+/pipelines$")
     assert [r.json for r in started] == [{"branch": "master", "variables": {}}]
     shown = texts(progress)
-    assert "build-and-push: success" in shown and "Pipeline <" in shown
+    assert "build-and-push: success" in shown
+    pipeline = progress.steps["ci"]
+    assert pipeline.link is not None and pipeline.link.text == "#1" and "/pipeline/1" in pipeline.link.url
     assert "[done] Broken version `viktor/payslip-ingest:latest` deleted" in shown
 
 
@@ -315,7 +323,7 @@ def test_restart_rolls_every_consumer_and_follows_the_rollouts(cluster):
     }
     deployment = cluster.kube.get("Deployment", "payroll", "payslip-ingest")
     assert "kubectl.kubernetes.io/restartedAt" in deployment["spec"]["template"]["metadata"]["annotations"]
-    assert result.data["schedule_verification"] is True
+    assert result.schedule_verification is True
     assert texts(progress).count("[done]") >= 3
 
 
@@ -354,7 +362,7 @@ def test_pods_still_failing_on_a_node_are_named_for_the_node_fix(cluster):
     cluster.kube.add_node("k8s-node3")
     cluster.kube.add_pod("payroll", "payslip-ingest-x", ref, node="k8s-node3", waiting_reason="ImagePullBackOff")
     result, _progress = run_phase(restart, cluster, incident_for(cluster, image))
-    assert result.data["nodes"] == ["k8s-node3"], (result, texts(_progress))
+    assert result.nodes == ["k8s-node3"], (result, texts(_progress))
 
 
 # --- the node fix -------------------------------------------------------------------------------------

@@ -27,6 +27,10 @@ DIGEST = "sha256:" + "ab" * 32
         ("viktor/my_app.x-y__z:TAG_1", ImageRef("viktor/my_app.x-y__z", "TAG_1")),
         ("  viktor/app:latest  ", ImageRef("viktor/app", "latest")),
         ("viktor/app@sha512:" + "0" * 128, ImageRef("viktor/app", None, "sha512:" + "0" * 128)),
+        # A bare name is `:latest`, as docker, skopeo and every registry client read it.
+        ("viktor/app", ImageRef("viktor/app", "latest")),
+        ("forgejo.viktorbarzin.me/viktor/app", ImageRef("viktor/app", "latest")),
+        ("127.0.0.1:5000/viktor/app", ImageRef("viktor/app", "latest")),
     ],
 )
 def test_accepted_references(text, expected):
@@ -50,6 +54,11 @@ def test_accepted_references(text, expected):
         ("viktor/app;rm -rf /:1", None),
         ("x" * 600, "characters long"),
         ("viktor/app:la\x00st", None),
+        # The distribution grammar is ASCII: `\\w` would take Unicode letters and digits.
+        ("viktor/app:ünïcode", "not a valid tag"),
+        ("viktor/app:v\u0661\u0662", "not a valid tag"),
+        ("viktor/app:\u00e9t\u00e9", "not a valid tag"),
+        ("viktor/app:ｆｕｌｌ", "not a valid tag"),
     ],
 )
 def test_refused_references(text, reason):
@@ -70,10 +79,24 @@ def test_any_text_is_either_a_reference_or_a_one_line_refusal(text):
         assert len(str(exc)) < 400
     else:
         assert ref.tag or ref.digest
-        # What was accepted is safe to put in a URL path.
-        assert all(c.isalnum() or c in "/._-:@" for c in ref.reference + ref.name)
+        # What was accepted is safe to put in a URL path, and ASCII, as the distribution grammar is.
+        assert all(c.isascii() and (c.isalnum() or c in "/._-:@") for c in ref.reference + ref.name)
 
 
 def test_a_reference_has_owner_and_package_name():
     ref = parse_reference("viktor/team/app:1", HOSTS)
     assert (ref.owner, ref.short_name, str(ref)) == ("viktor", "team/app", "viktor/team/app:1")
+
+
+def test_a_bare_name_says_its_tag_was_implied():
+    bare, tagged = parse_reference("viktor/app", HOSTS), parse_reference("viktor/app:latest", HOSTS)
+    assert bare == tagged and str(bare) == "viktor/app:latest"
+    assert bare.tag_implied and not tagged.tag_implied
+    assert bare.implied_note == "no tag given; checked :latest" and tagged.implied_note is None
+    assert not parse_reference(f"viktor/app@{DIGEST}", HOSTS).tag_implied
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=128, exclude_categories=("Cs",)), min_size=1, max_size=20))
+def test_a_tag_with_any_non_ascii_character_is_refused(extra):
+    with pytest.raises(BadReference):
+        parse_reference(f"viktor/app:v1{extra}", HOSTS)

@@ -104,7 +104,17 @@ def test_an_intact_image_gets_its_verdict_in_the_channel(bot, slack, fresh_regis
     assert roots(slack) == []
 
 
-@pytest.mark.parametrize("text", ["check Viktor/App:1", "check ghcr.io/viktor/app:1", "check viktor/app"])
+def test_a_bare_name_is_checked_as_latest(bot, slack, fresh_registry):
+    pusher = ImagePusher(fresh_registry.url)
+    pusher.push_single("viktor/api", "latest")
+    answer = bot.command("check viktor/api", channel="C0OTHER").json()
+    assert answer["response_type"] == "ephemeral"
+    assert answer["text"] == "🔎 Checking `viktor/api:latest`…"
+    posted = slack.wait_for(lambda s: s.messages("C0OTHER"))
+    assert posted[0]["text"].startswith("INTACT viktor/api:latest")
+
+
+@pytest.mark.parametrize("text", ["check Viktor/App:1", "check ghcr.io/viktor/app:1", "check viktor/app:ünï"])
 def test_a_malformed_reference_is_answered_only_to_the_caller_and_nothing_leaves_the_bot(bot, slack, text):
     before = len(slack.calls)
     answer = bot.command(text)

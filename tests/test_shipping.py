@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -41,19 +40,28 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bot.config import Secret, Settings, load_settings, setting_fields
+from tests.peers.kube_schema import KUBERNETES_VERSION  # the cluster's (ViktorBarzin/infra runs Kubernetes 1.34)
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-KUBERNETES_VERSION = "1.34.0"  # the cluster's (ViktorBarzin/infra runs Kubernetes 1.34)
 BOT_NAMESPACE = "registry-bot"
 SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "registry-bot", "namespace": BOT_NAMESPACE}
 CRD_KINDS = {"ExternalSecret", "ServiceMonitor", "PrometheusRule"}
 BASE = "manifests"
 NODE_ACTIONS = "manifests/overlays/node-actions"
+NAMESPACED = "manifests/overlays/namespaced"
 OPERATOR = "manifests/components/prometheus-operator"
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
 LAYOUTS: dict[str, tuple[str, str | None]] = {
     "base": (BASE, None),
     "node-actions": (NODE_ACTIONS, None),
+    "namespaced": (NAMESPACED, None),
     "base+prometheus-operator": ("manifests/base", OPERATOR),
     "node-actions+prometheus-operator": (NODE_ACTIONS, OPERATOR),
 }
@@ -237,6 +245,7 @@ def test_every_rendered_object_is_valid(layout):
     kinds = {o["kind"] for o in objects}
     assert {"Namespace", "ServiceAccount", "ClusterRole", "Role", "ConfigMap", "Deployment", "Service"} <= kinds
     assert {"PodDisruptionBudget", "NetworkPolicy", "ExternalSecret"} <= kinds
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
     assert ({"ServiceMonitor", "PrometheusRule"} <= kinds) == ("prometheus-operator" in layout)
     names = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
     assert len(names) == len(set(names)), "an object is rendered twice"
@@ -248,15 +257,18 @@ def test_the_examples_are_valid():
 
 def test_the_namespace_is_explicit_everywhere():
     """No kustomize namespace transformer: the probe-log Role must stay in the probe's namespace."""
-    for layout in ("base", "node-actions"):
+    for layout in ("base", "node-actions", "namespaced"):
         objects = render(layout)
         probe_namespace = config(objects)["PROBE_NAMESPACE"]
+        restricted = set(load_settings(config(objects)).kube_namespaces)
         for obj in objects:
             namespace = obj["metadata"].get("namespace")
-            if obj["kind"] in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            if obj["kind"] in CLUSTER_SCOPED:
                 assert namespace is None, obj["metadata"]
             elif obj["metadata"]["name"] == "registry-bot-probe-log":
                 assert namespace == probe_namespace
+            elif obj["kind"] == "RoleBinding" and obj["roleRef"]["name"] == "registry-bot":
+                assert namespace in restricted, obj["metadata"]
             else:
                 assert namespace == BOT_NAMESPACE, obj["metadata"]
         assert one(objects, "Namespace")["metadata"]["name"] == BOT_NAMESPACE
@@ -594,17 +606,19 @@ def cluster_env(kubeconfig: Path) -> Iterator[None]:
 def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
     """Run the bot's Kubernetes code against the stand-in, batch by batch, and audit each batch."""
     from bot.integrations.kube import Kube
-    from bot.runbook.base import PhaseContext, RecordingProgress, SecretResolver
+    from bot.runbook.base import PhaseContext, RecordingProgress
     from bot.runbook.diagnose import diagnose
     from bot.runbook.node import node
     from bot.runbook.restart import restart
     from bot.runbook.verify import verify
     from bot.scheduler import LOCK_NAME, KubeLease
+    from bot.secrets import SecretResolver
     from tests.peers.kube_api import KubeStandIn
+    from tests.peers.kube_schema import answer_errors
     from tests.peers.registry import ImagePusher
     from tests.world import unsaved_incident
 
-    base, overlay = render("base"), render("node-actions")
+    base, overlay, namespaced_layout = render("base"), render("node-actions"), render("namespaced")
     layouts = {"base": grants(base), "node-actions": grants(overlay)}
     data = config(base)
     deployment = one(base, "Deployment", "registry-bot")
@@ -666,12 +680,8 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
         namespaced = settings.with_values(kube_namespaces=("payroll", "monitoring"))
         assert asyncio.run(Kube(namespaced).consumers(image.name, image.tag, frozenset({image.digest})))
         kube_client = Kube(settings)
-        leader = KubeLease(
-            types.SimpleNamespace(kube=kube_client, replica="registry-bot-a"), BOT_NAMESPACE, LOCK_NAME, 15
-        )
-        other = KubeLease(
-            types.SimpleNamespace(kube=kube_client, replica="registry-bot-b"), BOT_NAMESPACE, LOCK_NAME, 15
-        )
+        leader = KubeLease(kube_client, "registry-bot-a", BOT_NAMESPACE, LOCK_NAME, 15)
+        other = KubeLease(kube_client, "registry-bot-b", BOT_NAMESPACE, LOCK_NAME, 15)
         assert asyncio.run(leader.try_acquire()) is True  # creates the Lease
         assert asyncio.run(leader.try_acquire()) is True  # renews it
         assert asyncio.run(other.try_acquire()) is False  # held: the standby only reads
@@ -684,6 +694,28 @@ def traffic(registry, tmp_path_factory) -> dict[str, Traffic]:
         failed = run(node, target="k8s-node1")
         assert not failed.ok and "containerd" in failed.summary
         batches["node"] = audit(kube, layouts)
+
+        # KUBE_NAMESPACES (the namespaced overlay): every kind of consumer in each of its namespaces, restarted.
+        restricted = load_settings(config(namespaced_layout)).kube_namespaces
+        for namespace in restricted:
+            if namespace not in ("payroll", "monitoring"):
+                kube.add_namespace(namespace)
+            kube.add_deployment(namespace, "ns-web", ref, replicas=1)
+            kube.add_statefulset(namespace, "ns-db", ref)
+            kube.add_daemonset(namespace, "ns-agent", ref)
+        kube.clear_requests()
+        assert run(diagnose, kube_namespaces=restricted).ok
+        assert run(restart, kube_namespaces=restricted).ok
+        run(verify, kube_namespaces=restricted)
+        assert asyncio.run(Kube(settings.with_values(kube_namespaces=restricted)).probe_log()) is not None
+        kube.delete_object("Lease", BOT_NAMESPACE, LOCK_NAME)  # a fresh start: the Lease is created again
+        assert asyncio.run(leader.try_acquire()) is True
+        assert asyncio.run(leader.try_acquire()) is True
+        assert asyncio.run(other.try_acquire()) is False
+        asyncio.run(leader.release())
+        batches["namespaced"] = audit(kube, {"namespaced": grants(namespaced_layout)})
+        # What the bot was answered is what a real API server of the cluster's version could answer.
+        assert answer_errors(kube.answers) == []
     return batches
 
 
@@ -719,6 +751,35 @@ def test_the_base_alone_cannot_touch_nodes(traffic):
         "delete core/pods",
         "get core/pods/log",
     } <= refused
+
+
+def test_kube_namespaces_renders_namespaced_rolebindings_only():
+    """Where KUBE_NAMESPACES is set, workloads are granted by a RoleBinding in each of those namespaces, and nowhere
+    else; where it is not, cluster-wide."""
+    for layout in ("base", "node-actions", "namespaced"):
+        objects = render(layout)
+        restricted = set(load_settings(config(objects)).kube_namespaces)
+        scopes = {g.scope for g in grants(objects) if g.rule["apiGroups"] == ["apps"]}
+        assert scopes == (restricted or {None}), layout
+        assert all(
+            g.scope is None for g in grants(objects) if g.rule["resources"] == ["pods"] and g.rule["verbs"] == ["list"]
+        )
+    assert set(load_settings(config(render("namespaced"))).kube_namespaces) == {"payroll", "website"}
+
+
+def test_the_namespaced_overlay_allows_everything_the_bot_does_with_kube_namespaces(traffic):
+    batch = traffic["namespaced"]
+    restarted = {(r.namespace, r.resource) for r in batch.requests if r.verb == "patch"}
+    assert {resource for _namespace, resource in restarted} == {"deployments", "statefulsets", "daemonsets"}
+    assert {namespace for namespace, _resource in restarted} == set(
+        load_settings(config(render("namespaced"))).kube_namespaces
+    )
+    assert describe(batch.denied["namespaced"]) == []
+
+
+def test_every_namespaced_permission_is_needed(traffic):
+    granted = {str(g) for g in grants(render("namespaced"))}
+    assert granted - traffic["namespaced"].used["namespaced"] == set()
 
 
 def test_pod_logs_are_readable_only_where_the_bot_reads_them():

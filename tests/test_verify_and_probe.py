@@ -11,8 +11,9 @@ import pytest
 
 from bot.config import Settings
 from bot.incidents.models import Incident
-from bot.runbook.base import PhaseContext, RecordingProgress, SecretResolver
+from bot.runbook.base import PhaseContext, RecordingProgress
 from bot.runbook.verify import metric_part
+from bot.secrets import SecretResolver
 from tests.harness import BotProcess, roots
 from tests.peers.prometheus import PROBE_JOB, Prometheus, Pushgateway, probe_metrics
 from tests.peers.registry import ImagePusher, Registry, free_port

@@ -14,9 +14,11 @@ from bot.incidents.models import Incident
 from tests.harness import APPROVER, APPROVER2, CHANNEL, VIEWER, BotProcess, roots
 from tests.peers.forgejo import ForgejoStandIn, ForgejoUser
 from tests.peers.kube_api import KubeStandIn
+from tests.peers.kube_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage, Registry
 from tests.peers.slack_api import SlackStandIn
 from tests.peers.woodpecker import WoodpeckerStandIn
+from tests.peers.woodpecker_protocol import protocol_errors
 
 IMAGE = "viktor/payslip-ingest"
 
@@ -107,6 +109,10 @@ def make_world() -> Iterator[World]:
         finally:
             for process in world.bots:
                 process.stop()
+        # Whatever the Kubernetes stand-in answered the bot, a Kubernetes 1.34 API server could have answered;
+        # whatever Woodpecker's answered fits the protocol the bot relies on.
+        assert answer_errors(kube.answers) == []
+        assert protocol_errors(woodpecker) == []
 
 
 def unsaved_incident(registry_host: str, image: str, digest: str | None = None, **fields: Any) -> Incident:

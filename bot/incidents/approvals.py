@@ -1,7 +1,9 @@
 """Who may do what: the one place authorization is decided.
 
-Diagnose, Verify and Check now only read: anyone in the incident's channel may run them. Rebuild, Restart,
-node actions, and answering an approval need an approver: a user in APPROVERS or in APPROVER_GROUP.
+Read-only phases (Diagnose, Verify) and Check now: anyone in the incident's channel. Destructive phases
+(the lifecycle table says which) and answering an approval: an approver, a user in APPROVERS or in
+APPROVER_GROUP. A second approver is needed where the table says so, or for every destructive phase under
+TWO_PERSON_RULE.
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ import logging
 from typing import Protocol
 
 from bot.config import Settings
+from bot.incidents import lifecycle
+from bot.incidents.lifecycle import Phase
 
 log = logging.getLogger(__name__)
-
-READ_ONLY_PHASES = frozenset({"diagnose", "verify"})
-DESTRUCTIVE_PHASES = frozenset({"rebuild", "restart", "node"})
 
 
 class GroupDirectory(Protocol):
@@ -22,14 +23,14 @@ class GroupDirectory(Protocol):
 
 
 class Guard:
-    def __init__(self, settings: Settings, directory: GroupDirectory) -> None:
+    def __init__(self, settings: Settings, directory: GroupDirectory | None = None) -> None:
         self.settings = settings
         self.directory = directory
 
     async def is_approver(self, user: str) -> bool:
         if user in self.settings.approvers:
             return True
-        if self.settings.approver_group:
+        if self.settings.approver_group and self.directory is not None:
             members = await self.directory.group_members(self.settings.approver_group)
             if members is None:
                 log.warning("could not read APPROVER_GROUP's members from Slack; refusing %s for now", user)
@@ -37,11 +38,9 @@ class Guard:
             return user in members
         return False
 
-    def needs_two_people(self, phase: str) -> bool:
-        return phase == "node" or (self.settings.two_person_rule and phase in DESTRUCTIVE_PHASES)
+    def needs_approver(self, phase: Phase | str) -> bool:
+        return lifecycle.spec(phase).destructive
 
-    def approvers_text(self) -> str:
-        parts = [f"<@{u}>" for u in self.settings.approvers]
-        if self.settings.approver_group:
-            parts.append(f"members of @{self.settings.approver_group.lstrip('@')}")
-        return ", ".join(parts) if parts else "no one (APPROVERS and APPROVER_GROUP are empty)"
+    def needs_two_people(self, phase: Phase | str) -> bool:
+        spec = lifecycle.spec(phase)
+        return spec.always_two_people or (self.settings.two_person_rule and spec.destructive)

@@ -14,6 +14,9 @@ from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, Uniqu
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from bot.incidents.lifecycle import ApprovalStatus, RunStatus, State
+from bot.refs import ImageRef
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -48,7 +51,7 @@ class Incident(Base):
     image: Mapped[str] = mapped_column(String(400))  # owner/name:tag
     # registry/image while open, NULL once resolved: the unique key allows one open incident per image.
     open_key: Mapped[str | None] = mapped_column(String(700), unique=True)
-    state: Mapped[str] = mapped_column(String(32), default="open")
+    state: Mapped[str] = mapped_column(String(32), default=State.OPEN)
     digest: Mapped[str | None] = mapped_column(String(160))
     verdict: Mapped[str] = mapped_column(String(16), default="broken")
     problems: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of Problem.to_json()
@@ -64,7 +67,7 @@ class Incident(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text)
     fixed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     consumers: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of workload descriptions
-    clicked: Mapped[str] = mapped_column(Text, default="{}")  # action_id -> "by @user" shown on the root
+    clicked: Mapped[str] = mapped_column(Text, default="{}")  # phase -> the user whose click started it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -76,6 +79,10 @@ class Incident(Base):
     def tag(self) -> str:
         return self.image.rsplit(":", 1)[1]
 
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(self.name, self.tag)
+
 
 class PhaseRun(Base):
     __tablename__ = "phase_runs"
@@ -85,8 +92,8 @@ class PhaseRun(Base):
             "uq_one_running_phase",
             "incident_id",
             unique=True,
-            sqlite_where=text("status = 'running'"),
-            postgresql_where=text("status = 'running'"),
+            sqlite_where=text(f"status = '{RunStatus.RUNNING}'"),
+            postgresql_where=text(f"status = '{RunStatus.RUNNING}'"),
         ),
     )
 
@@ -94,7 +101,7 @@ class PhaseRun(Base):
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), index=True)
     phase: Mapped[str] = mapped_column(String(16))  # diagnose, rebuild, restart, node, verify
     attempt: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, interrupted
+    status: Mapped[str] = mapped_column(String(16))  # a RunStatus
     target: Mapped[str | None] = mapped_column(String(255))  # the node, for node actions
     requested_by: Mapped[str | None] = mapped_column(String(64))
     approved_by: Mapped[str | None] = mapped_column(String(64))
@@ -123,7 +130,7 @@ class ApprovalRequest(Base):
     requested_by: Mapped[str] = mapped_column(String(64))
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending, approved, denied, expired
+    status: Mapped[str] = mapped_column(String(16), default=ApprovalStatus.PENDING)
     answered_by: Mapped[str | None] = mapped_column(String(64))
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     message_ts: Mapped[str | None] = mapped_column(String(32))

@@ -1,53 +1,30 @@
-"""The incident store: every read and write of incidents, phase runs, approvals, audit and deliveries.
+"""The incident store: every read and write of the bot's database, one short transaction each.
 
-Methods are synchronous and short (one transaction each); async code calls them through
-`asyncio.to_thread`. Works on SQLite (embedded, WAL) and PostgreSQL (several replicas).
+Incidents and phase runs are here; approvals, audit, deliveries and the leader lock in records.py; the
+engine and transactions in database.py. Async code calls these methods through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from bot.errors import UserFacingError
-from bot.incidents.models import (
-    ApprovalRequest,
-    AuditEvent,
-    Delivery,
-    Incident,
-    LeaderLock,
-    PhaseRun,
-    utcnow,
-)
+from bot.incidents.database import StoreUnavailable
+from bot.incidents.lifecycle import ApprovalStatus, RunStatus, State
+from bot.incidents.models import ApprovalRequest, Incident, PhaseRun, utcnow
+from bot.incidents.records import Records
 from bot.registry.model import CheckResult
 
+__all__ = ["AlreadyRunning", "Store", "StoreUnavailable"]
 log = logging.getLogger(__name__)
-
-OPEN_STATES = (
-    "open",
-    "diagnosed",
-    "rebuilding",
-    "rebuilt",
-    "restarting",
-    "restarted",
-    "verifying",
-    "still_broken",
-    "failed",
-)
-
-
-class StoreUnavailable(UserFacingError):
-    """The database cannot be reached or stays locked."""
 
 
 @dataclass(frozen=True)
@@ -55,54 +32,12 @@ class AlreadyRunning:
     run: PhaseRun
 
 
-@dataclass(frozen=True)
-class ApprovalAnswer:
-    accepted: bool
-    request: ApprovalRequest | None
-    reason: str = ""
-
-
 def open_key(registry: str, image: str) -> str:
     return f"{registry}/{image}"
 
 
-class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _make_engine(url)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time; serialising our own writers avoids busy errors under load.
-        self._sqlite_writer = threading.Lock() if self.engine.dialect.name == "sqlite" else None
-
-    def migrate(self) -> None:
-        from bot.migrations import upgrade
-
-        upgrade(self.engine)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        lock = self._sqlite_writer
-        if lock:
-            lock.acquire()
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            raise StoreUnavailable(f"The bot's database is unavailable ({_short(exc)}); try again shortly.") from None
-        finally:
-            if lock:
-                lock.release()
-
-    def ping(self) -> bool:
-        try:
-            with self._tx() as session:
-                session.execute(select(1))
-            return True
-        except StoreUnavailable:
-            return False
+class Store(Records):
+    """Incidents and their phase runs (and, from Records, approvals, audit, deliveries, leadership)."""
 
     # --- incidents ------------------------------------------------------------------------------------
 
@@ -125,7 +60,7 @@ class Store:
                         registry_host=result.registry,
                         image=image,
                         open_key=key,
-                        state="open",
+                        state=State.OPEN,
                         source=source,
                         source_user=user,
                         first_seen=now,
@@ -160,13 +95,14 @@ class Store:
             _update_incident(session, incident, fields)
             return incident
 
-    def set_clicked(self, incident_id: int, action_id: str, label: str) -> Incident:
+    def set_clicked(self, incident_id: int, phase: str, user: str) -> Incident:
+        """Remember who started `phase` from its button, so the root shows who did it in its place."""
         with self._tx() as session:
             incident = session.get(Incident, incident_id)
             if incident is None:
                 raise KeyError(incident_id)
             clicked = json.loads(incident.clicked or "{}")
-            clicked[action_id] = label
+            clicked[phase] = user
             incident.clicked = json.dumps(clicked)
             return incident
 
@@ -204,7 +140,7 @@ class Store:
                         incident_id=incident_id,
                         phase=phase,
                         attempt=attempt,
-                        status="running",
+                        status=RunStatus.RUNNING,
                         target=target,
                         requested_by=requested_by,
                         approved_by=approved_by,
@@ -227,7 +163,7 @@ class Store:
     def running_phase(self, incident_id: int) -> PhaseRun | None:
         with self._tx() as session:
             return session.scalars(
-                select(PhaseRun).where(PhaseRun.incident_id == incident_id, PhaseRun.status == "running")
+                select(PhaseRun).where(PhaseRun.incident_id == incident_id, PhaseRun.status == RunStatus.RUNNING)
             ).first()
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -240,7 +176,7 @@ class Store:
         with self._tx() as session:
             session.execute(
                 update(PhaseRun)
-                .where(PhaseRun.id.in_(run_ids), PhaseRun.status == "running")
+                .where(PhaseRun.id.in_(run_ids), PhaseRun.status == RunStatus.RUNNING)
                 .values(heartbeat_at=utcnow())
             )
 
@@ -250,18 +186,20 @@ class Store:
         status: str,
         summary: str,
         steps: str,
-        fields: dict[str, Any],
+        decide: Callable[[Incident], dict[str, Any]],
         check: CheckResult | None = None,
     ) -> Incident:
-        """End a run and move its incident in one transaction, so neither is left half-recorded."""
+        """End a run and move its incident in one transaction, so neither is left half-recorded.
+
+        `decide(incident)` gives the incident's new fields from its state as it is inside the transaction."""
         with self._tx() as session:
             run = session.get(PhaseRun, run_id)
             if run is None:
                 raise KeyError(run_id)
             now = utcnow()
             run.status = status
-            run.result = summary if status == "succeeded" else None
-            run.error = None if status == "succeeded" else summary
+            run.result = summary if status == RunStatus.SUCCEEDED else None
+            run.error = None if status == RunStatus.SUCCEEDED else summary
             run.steps = steps
             run.finished_at = now
             run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
@@ -270,13 +208,13 @@ class Store:
                 raise KeyError(run.incident_id)
             if check is not None:
                 _apply_result(incident, check)
-            _update_incident(session, incident, fields)
+            _update_incident(session, incident, decide(incident))
             return incident
 
-    def stranded(self, during_states: tuple[str, ...]) -> list[Incident]:
+    def stranded(self, during_states: frozenset[State]) -> list[Incident]:
         """Open incidents in a during-phase state (rebuilding, restarting) with no phase running."""
         with self._tx() as session:
-            running = select(PhaseRun.incident_id).where(PhaseRun.status == "running")
+            running = select(PhaseRun.incident_id).where(PhaseRun.status == RunStatus.RUNNING)
             return list(
                 session.scalars(
                     select(Incident).where(
@@ -293,180 +231,33 @@ class Store:
         cutoff = utcnow() - stale_after
         with self._tx() as session:
             stale = list(
-                session.scalars(select(PhaseRun).where(PhaseRun.status == "running", PhaseRun.heartbeat_at < cutoff))
+                session.scalars(
+                    select(PhaseRun).where(PhaseRun.status == RunStatus.RUNNING, PhaseRun.heartbeat_at < cutoff)
+                )
             )
             claimed = []
             for run in stale:
                 done = session.execute(
                     update(PhaseRun)
-                    .where(PhaseRun.id == run.id, PhaseRun.status == "running")
-                    .values(status="interrupted", finished_at=utcnow(), error="the bot stopped while it ran")
+                    .where(PhaseRun.id == run.id, PhaseRun.status == RunStatus.RUNNING)
+                    .values(status=RunStatus.INTERRUPTED, finished_at=utcnow(), error="the bot stopped while it ran")
                 )
                 if done.rowcount:  # type: ignore[attr-defined]
-                    run.status = "interrupted"
+                    run.status = RunStatus.INTERRUPTED
                     claimed.append(run)
             return claimed
-
-    # --- approvals ------------------------------------------------------------------------------------
-
-    def create_approval(
-        self, incident_id: int, phase: str, requested_by: str, ttl: timedelta, target: str | None = None
-    ) -> ApprovalRequest:
-        now = utcnow()
-        with self._tx() as session:
-            request = ApprovalRequest(
-                incident_id=incident_id,
-                phase=phase,
-                target=target,
-                requested_by=requested_by,
-                requested_at=now,
-                expires_at=now + ttl,
-                status="pending",
-            )
-            session.add(request)
-            session.flush()
-            return request
-
-    def get_approval(self, request_id: int) -> ApprovalRequest | None:
-        with self._tx() as session:
-            return session.get(ApprovalRequest, request_id)
-
-    def set_approval_message(self, request_id: int, ts: str) -> None:
-        with self._tx() as session:
-            session.execute(update(ApprovalRequest).where(ApprovalRequest.id == request_id).values(message_ts=ts))
-
-    def answer_approval(self, request_id: int, user: str, approve: bool) -> ApprovalAnswer:
-        """Approve or deny a pending request. Only the first answer counts; the requester cannot answer."""
-        now = utcnow()
-        with self._tx() as session:
-            request = session.get(ApprovalRequest, request_id)
-            if request is None:
-                return ApprovalAnswer(False, None, "that approval request does not exist")
-            if request.status != "pending":
-                by = f" by <@{request.answered_by}>" if request.answered_by else ""
-                return ApprovalAnswer(False, request, f"that request was already {request.status}{by}")
-            if request.expires_at <= now:
-                request.status = "expired"
-                return ApprovalAnswer(False, request, "that request expired")
-            if approve and request.requested_by == user:
-                return ApprovalAnswer(False, request, "you requested it; a different approver must approve it")
-            status = "approved" if approve else "denied"
-            done = session.execute(
-                update(ApprovalRequest)
-                .where(ApprovalRequest.id == request_id, ApprovalRequest.status == "pending")
-                .values(status=status, answered_by=user, answered_at=now)
-            )
-            if not done.rowcount:  # type: ignore[attr-defined]
-                return ApprovalAnswer(False, request, "that request was already answered")
-            request.status, request.answered_by, request.answered_at = status, user, now
-            return ApprovalAnswer(True, request)
-
-    def expire_approvals(self) -> list[ApprovalRequest]:
-        now = utcnow()
-        with self._tx() as session:
-            expired = list(
-                session.scalars(
-                    select(ApprovalRequest).where(
-                        ApprovalRequest.status == "pending", ApprovalRequest.expires_at <= now
-                    )
-                )
-            )
-            for request in expired:
-                request.status = "expired"
-            return expired
-
-    def pending_approvals(self, incident_id: int) -> list[ApprovalRequest]:
-        with self._tx() as session:
-            return list(
-                session.scalars(
-                    select(ApprovalRequest).where(
-                        ApprovalRequest.incident_id == incident_id, ApprovalRequest.status == "pending"
-                    )
-                )
-            )
-
-    # --- audit ------------------------------------------------------------------------------------------
-
-    def audit(
-        self,
-        action: str,
-        outcome: str,
-        *,
-        user: str | None = None,
-        incident_id: int | None = None,
-        phase: str | None = None,
-        detail: str = "",
-    ) -> AuditEvent:
-        with self._tx() as session:
-            entry = AuditEvent(
-                at=utcnow(),
-                user=user,
-                incident_id=incident_id,
-                phase=phase,
-                action=action,
-                outcome=outcome,
-                detail=detail[:2000],
-            )
-            session.add(entry)
-            session.flush()
-            return entry
-
-    def audit_events(self, since: datetime | None = None, incident_id: int | None = None) -> list[AuditEvent]:
-        with self._tx() as session:
-            query = select(AuditEvent).order_by(AuditEvent.id)
-            if since is not None:
-                query = query.where(AuditEvent.at >= since)
-            if incident_id is not None:
-                query = query.where(AuditEvent.incident_id == incident_id)
-            return list(session.scalars(query))
-
-    # --- deliveries and leadership ------------------------------------------------------------------
-
-    def claim_delivery(self, key: str) -> bool:
-        """True the first time a delivery key is seen, by any replica; False for a repeat."""
-        try:
-            with self._tx() as session:
-                session.add(Delivery(key=key[:255], at=utcnow()))
-            return True
-        except IntegrityError:
-            return False
-
-    def forget_deliveries(self, older_than: timedelta) -> None:
-        with self._tx() as session:
-            session.execute(delete(Delivery).where(Delivery.at < utcnow() - older_than))
-
-    def try_lead(self, name: str, holder: str, ttl: timedelta) -> bool:
-        """Take or renew the named lock; True while `holder` holds it."""
-        now = utcnow()
-        try:
-            with self._tx() as session:
-                lock = session.get(LeaderLock, name, with_for_update=True)
-                if lock is None:
-                    session.add(LeaderLock(name=name, holder=holder, expires_at=now + ttl))
-                    return True
-                if lock.holder == holder or lock.expires_at <= now:
-                    lock.holder = holder
-                    lock.expires_at = now + ttl
-                    return True
-                return False
-        except IntegrityError:
-            return False
-
-    def release_lead(self, name: str, holder: str) -> None:
-        with self._tx() as session:
-            session.execute(delete(LeaderLock).where(LeaderLock.name == name, LeaderLock.holder == holder))
 
 
 def _update_incident(session: Session, incident: Incident, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
         setattr(incident, name, value)
-    if fields.get("state") == "resolved":
+    if fields.get("state") == State.RESOLVED:
         # Closed: a new break of the same image opens a new incident; pending approvals lapse with it.
         incident.open_key = None
         session.execute(
             update(ApprovalRequest)
-            .where(ApprovalRequest.incident_id == incident.id, ApprovalRequest.status == "pending")
-            .values(status="expired", answered_at=utcnow())
+            .where(ApprovalRequest.incident_id == incident.id, ApprovalRequest.status == ApprovalStatus.PENDING)
+            .values(status=ApprovalStatus.EXPIRED, answered_at=utcnow())
         )
 
 
@@ -477,27 +268,3 @@ def _apply_result(incident: Incident, result: CheckResult) -> None:
     if result.status != "error":
         incident.problems = json.dumps([p.to_json() for p in result.problems])
         incident.objects_checked = result.objects_checked
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            # In WAL mode NORMAL is safe from corruption and skips an fsync per commit; a power cut may lose
-            # the last commits, a crash of the bot loses nothing.
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-def _short(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", exc)).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

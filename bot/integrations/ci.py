@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -34,11 +34,30 @@ class CIRun:
     url: str
     finished: bool
     steps: list[CIStep] = field(default_factory=list)
-    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
         return self.finished and self.status in TERMINAL_OK
+
+
+class CIBackend(Protocol):
+    """One image's build in one CI (Woodpecker, GitHub Actions): chosen once, then driven the same way."""
+
+    description: str  # e.g. "Woodpecker viktor/app on main", for progress lines
+
+    async def prepare(self) -> None:
+        """Check the build can be started (the repository exists); raises CIError."""
+
+    async def start(self) -> CIRun:
+        """Start the build; raises CIError (with what to do) when the CI refuses or filters it out."""
+
+    async def poll(self, run: CIRun) -> CIRun:
+        """The run as it is now; raises CIError when the CI does not answer."""
+
+    async def log_tail(self, run: CIRun, step: CIStep) -> list[str]:
+        """The last lines of a step's log; [] when there is none to read."""
+
+    async def aclose(self) -> None: ...
 
 
 async def request(http: httpx.AsyncClient, service: str, method: str, url: str, **kwargs: Any) -> httpx.Response:

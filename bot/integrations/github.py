@@ -96,9 +96,7 @@ class GitHubActions:
                     )
         finished = data.get("status") == "completed"
         status = CONCLUSIONS.get(str(data.get("conclusion")), "error") if finished else _state(data)
-        return CIRun(
-            int(data.get("run_number") or run_id), status, str(data.get("html_url", "")), finished, steps, data
-        )
+        return CIRun(int(data.get("run_number") or run_id), status, str(data.get("html_url", "")), finished, steps)
 
     async def log_tail(self, repo: str, job_id: int, lines: int = 30) -> list[str]:
         response = await request(self._http, SERVICE, "GET", f"/repos/{repo}/actions/jobs/{job_id}/logs")
@@ -129,3 +127,33 @@ LOG_HOST_SUFFIXES = (".github.com", ".githubusercontent.com", ".blob.core.window
 def _is_log_host(location: str, api_url: str) -> bool:
     host = httpx.URL(location).host
     return host == httpx.URL(api_url).host or host.endswith(LOG_HOST_SUFFIXES)
+
+
+class GitHubBuild:
+    """CIBackend: a workflow_dispatch of one workflow on one ref."""
+
+    def __init__(self, client: GitHubActions, repo: str, workflow: str, branch: str) -> None:
+        self.client = client
+        self.repo = repo
+        self.workflow = workflow
+        self.branch = branch
+        self.description = f"GitHub Actions {repo} workflow {workflow} on {branch}"
+        self._run_id = 0
+
+    async def prepare(self) -> None:
+        return None  # a dispatch both checks and starts: nothing to look up first
+
+    async def start(self) -> CIRun:
+        self._run_id = await self.client.dispatch(self.repo, self.workflow, self.branch)
+        return await self.client.run(self.repo, self._run_id)
+
+    async def poll(self, run: CIRun) -> CIRun:
+        return await self.client.run(self.repo, self._run_id)
+
+    async def log_tail(self, run: CIRun, step: CIStep) -> list[str]:
+        if step.step_id is None:
+            return []
+        return await self.client.log_tail(self.repo, int(step.step_id))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -99,12 +99,3 @@ class Vault:
         if isinstance(exc, hvac.exceptions.InvalidRequest):
             return f"Vault at {addr} refused {doing} as invalid (check the role or credentials)."
         return f"Vault at {addr} failed {doing} ({type(exc).__name__})."
-
-
-def registry_password(settings: Settings) -> str:
-    """REGISTRY_PASSWORD when set; else from Vault when VAULT_ADDR is set; else no password."""
-    if settings.registry_password:
-        return settings.registry_password.reveal()
-    if settings.vault_addr:
-        return Vault(settings).read(settings.vault_registry_path, settings.vault_registry_field)
-    return ""

@@ -78,4 +78,44 @@ class Woodpecker:
             for workflow in data.get("workflows") or []
             for child in workflow.get("children") or []
         ]
-        return CIRun(number, status, self.pipeline_url(repo_id, number), status in FINISHED, steps, data)
+        return CIRun(number, status, self.pipeline_url(repo_id, number), status in FINISHED, steps)
+
+
+class WoodpeckerBuild:
+    """CIBackend: a manual pipeline of one repository on one branch."""
+
+    def __init__(self, client: Woodpecker, repo: str, branch: str) -> None:
+        self.client = client
+        self.owner, _, self.name = repo.partition("/")
+        self.branch = branch
+        self.description = f"Woodpecker {repo} on {branch}"
+        self._repo_id: int | None = None
+
+    async def prepare(self) -> None:
+        self._repo_id = await self.client.lookup(self.owner, self.name)
+
+    async def _id(self) -> int:
+        if self._repo_id is None:
+            await self.prepare()
+        assert self._repo_id is not None
+        return self._repo_id
+
+    async def start(self) -> CIRun:
+        run = await self.client.start(await self._id(), self.branch)
+        if run is None:
+            raise CIError(
+                "Woodpecker filtered the pipeline out: this repository has no workflow for manual runs; "
+                "add `event: manual` to a workflow's `when:`."
+            )
+        return run
+
+    async def poll(self, run: CIRun) -> CIRun:
+        return await self.client.pipeline(await self._id(), run.number)
+
+    async def log_tail(self, run: CIRun, step: CIStep) -> list[str]:
+        if step.step_id is None:
+            return []
+        return await self.client.log_tail(await self._id(), run.number, int(step.step_id))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -2,6 +2,10 @@
 
 - Auth: Basic, and the Bearer token flow when the registry challenges with `WWW-Authenticate: Bearer realm=...`
   (Forgejo offers both; the token is preferred, cached while valid, and fetched again on a 401).
+- Credentials stay home: requests (and so the Authorization header) go only to the registry's own origin; the
+  login goes to a token realm only on the registry's own hosts (REGISTRY_URL's, REGISTRY_HOSTS) or those in
+  REGISTRY_TOKEN_REALMS, never from https to plain http, and never follows a redirect. Anything else is
+  "could not check", naming the host.
 - Retries with backoff only on 5xx, timeouts and connection errors; never on 4xx.
 - One connection pool for the whole run; a semaphore bounds requests in flight.
 
@@ -29,10 +33,13 @@ import aiohttp
 
 from bot.config import Settings
 from bot.errors import AuthFailed, CouldNotCheck
+from bot.refs import manifest_path, validate_digest
+from bot.registry.media import ACCEPT
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {500, 502, 503, 504}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -99,7 +106,6 @@ class RegistryClient:
         self._repo_scope: dict[str, str] = {}
         self._closed = False
         self._session: aiohttp.ClientSession | None = None
-        self.requests_made = 0
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -148,7 +154,9 @@ class RegistryClient:
         Raises CouldNotCheck when the registry cannot be reached or keeps failing, AuthFailed when it
         refuses our credentials.
         """
-        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        url = path if urlsplit(path).scheme else f"{self.base_url}{path}"
+        if not self.same_origin(url):
+            raise _elsewhere(self.settings, url)
         response = await self._send_with_retries(method, url, headers, params, follow_redirects)
         if response.status_code == 401:
             challenge = response.headers.get("WWW-Authenticate", "")
@@ -169,6 +177,20 @@ class RegistryClient:
         """A request outside /v2/ (Forgejo's API) on the same pool and retries, with the caller's own auth."""
         url = f"{self.base_url}{path}"
         return await self._send_with_retries(method, url, headers, params, False, with_auth=False)
+
+    # --- manifests by reference ------------------------------------------------------------------------
+
+    async def resolve_digest(self, name: str, reference: str) -> str | None:
+        """The digest a tag points at now (HEAD); None when it does not resolve."""
+        response = await self.request("HEAD", manifest_path(name, reference), headers={"Accept": ACCEPT})
+        if response.status_code != 200 or not response.headers.get("Docker-Content-Digest"):
+            return None
+        return validate_digest(response.headers["Docker-Content-Digest"].strip())  # a registry's answer may lie
+
+    async def delete_manifest(self, name: str, digest: str) -> int:
+        """DELETE a manifest by digest, which removes every tag pointing at it; the answer's HTTP status."""
+        response = await self.request("DELETE", manifest_path(name, digest))
+        return response.status_code
 
     async def _send_with_retries(
         self,
@@ -196,7 +218,6 @@ class RegistryClient:
                         method, url, headers=all_headers, params=params, allow_redirects=follow_redirects
                     ) as answer,
                 ):
-                    self.requests_made += 1
                     status = answer.status
                     content = b"" if method == "HEAD" else await answer.read()
                     next_page = answer.links.get("next")
@@ -240,7 +261,13 @@ class RegistryClient:
 
     # --- auth -------------------------------------------------------------------------------------
 
+    def same_origin(self, url: str) -> bool:
+        """Whether `url` is on the registry's own scheme, host and port: the only place its login may go."""
+        return _origin(url) == _origin(self.base_url)
+
     def _auth_header(self, url: str) -> str | None:
+        if not self.same_origin(url):
+            return None
         if self._scheme == "bearer":
             token = self._tokens.get(self._repo_scope.get(_repository_of(url), self._default_scope))
             if token and token.expires_at > time.monotonic():
@@ -254,6 +281,7 @@ class RegistryClient:
         """Get credentials for a 401. `refused` is the Authorization header the registry just refused."""
         scheme, params = parse_challenge(challenge)
         if scheme == "bearer" and params.get("realm"):
+            check_realm(self.settings, params["realm"])
             self._scheme = "bearer"
             scope = params.get("scope", "")
             if scope.startswith("repository:"):
@@ -287,7 +315,7 @@ class RegistryClient:
         headers = {"Authorization": self._basic} if self._username else {}
         realm = params["realm"]
         try:
-            async with self._http().get(realm, params=query, headers=headers) as answer:
+            async with self._http().get(realm, params=query, headers=headers, allow_redirects=False) as answer:
                 status = answer.status
                 content = await answer.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -315,6 +343,38 @@ class RegistryClient:
         )
 
 
+def _elsewhere(settings: Settings, url: str) -> CouldNotCheck:
+    return CouldNotCheck(
+        f"The registry {settings.registry_host} pointed the bot at {host_of(url)}, another host; the bot sends "
+        "requests with its login only to the registry itself, so it could not check."
+    )
+
+
+def check_realm(settings: Settings, realm: str) -> None:
+    """Refuse (CouldNotCheck) a token realm the registry's login must not go to."""
+    registry = settings.registry_host
+    parts = urlsplit(realm)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise CouldNotCheck(
+            f"The registry {registry} named a token service that is not an http(s) URL "
+            f"({host_of(realm) or _clip(realm)}), so the login was not sent and it could not be checked."
+        )
+    host = host_of(realm)
+    if scheme == "http" and urlsplit(settings.registry_url).scheme.lower() == "https":
+        raise CouldNotCheck(
+            f"The registry {registry} asked the bot to log in over plain http at {host}; the login never goes "
+            "from https to http, so it was not sent and the image could not be checked."
+        )
+    trusted = {h.lower() for h in (*settings.all_registry_hosts, *settings.registry_token_realms)}
+    if parts.username is not None or parts.password is not None or not (_host_forms(realm) & trusted):
+        raise CouldNotCheck(
+            f"The registry {registry} asked the bot to log in at {host}, which is not one of the registry's "
+            "own hosts nor in REGISTRY_TOKEN_REALMS, so the login was not sent and the image could not be "
+            "checked."
+        )
+
+
 def _repository_of(url: str) -> str:
     """The repository a /v2/<name>/(manifests|blobs|tags)/... URL addresses ('' for others)."""
     path = urlsplit(url).path
@@ -324,6 +384,42 @@ def _repository_of(url: str) -> str:
         if marker in path:
             return path[4 : path.index(marker)]
     return ""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return scheme, "", -1  # a port that is not one matches no origin
+    return scheme, (parts.hostname or "").lower(), port or DEFAULT_PORTS.get(scheme)
+
+
+def _host_forms(url: str) -> set[str]:
+    """The host[:port] spellings that name `url`'s host: with its default port, with and without it."""
+    parts = urlsplit(url)
+    hostport = parts.netloc.rpartition("@")[2].lower()
+    default = DEFAULT_PORTS.get(parts.scheme.lower())
+    try:
+        port = parts.port
+    except ValueError:
+        return set()
+    if port is None:
+        return {hostport, f"{hostport}:{default}"}
+    if port == default:
+        return {hostport, hostport[: hostport.rfind(":")]}
+    return {hostport}
+
+
+def host_of(url: str) -> str:
+    """host[:port] of a URL for a message: no credentials, nothing unprintable, not too long."""
+    return _clip(urlsplit(url).netloc.rpartition("@")[2])
+
+
+def _clip(text: str, limit: int = 100) -> str:
+    printable = "".join(c if c.isprintable() else "?" for c in text)
+    return printable if len(printable) <= limit else printable[: limit - 1] + "…"
 
 
 def _path_of(url: str) -> str:

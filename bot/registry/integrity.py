@@ -19,15 +19,15 @@ from bot.errors import CouldNotCheck
 from bot.refs import ImageRef, validate_digest
 from bot.registry.blobs import HASHES, BlobChecker, DeepProgress, ProgressHook, lives_elsewhere
 from bot.registry.client import RegistryClient, RegistryFailing
+from bot.registry.media import (
+    ACCEPT,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
 from bot.registry.model import CheckResult, Kind, Problem
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
-MANIFEST_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
-ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 MAX_INDEX_DEPTH = 4
 
 

@@ -67,6 +67,7 @@ class CheckResult:
     is_index: bool = False
     deep: bool = False  # every layer's bytes were hashed, not only asked for
     bytes_verified: int = 0  # bytes of config and layer blobs that hashed to their digests
+    note: str | None = None  # said after the verdict, e.g. that a bare name was checked as :latest
 
     @property
     def exit_code(self) -> int:
@@ -91,6 +92,8 @@ class CheckResult:
         }
         if self.error is not None:
             data["error"] = self.error
+        if self.note is not None:
+            data["note"] = self.note
         return data
 
     @classmethod
@@ -106,11 +109,14 @@ class CheckResult:
             error=data.get("error"),
             deep=data.get("deep", False),
             bytes_verified=data.get("bytes_verified", 0),
+            note=data.get("note"),
         )
 
     def verdict(self) -> str:
         """The one-line verdict a person reads first."""
-        where = f"{self.reference} on {self.registry}"
+        where = self.reference + (f" ({self.note})" if self.note else "")
+        if self.registry:  # no "on" before an empty name when no registry is configured
+            where += f" on {self.registry}"
         if self.status == "error":
             return f"COULD NOT CHECK {where}: {self.error}"
         digest = f" ({short_digest(self.digest)})" if self.digest else ""

@@ -1,17 +1,20 @@
-"""The scan: every repository and tag the registry lists, each walked by one shared IntegrityChecker."""
+"""The scan: every repository and tag the registry lists, each walked by one shared IntegrityChecker.
+
+What the registry lists is not trusted: a next-page link is followed only on the registry's own origin, and a
+repository or tag name that does not fit the reference grammar is reported, never put in a request path.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from bot.errors import CouldNotCheck
-from bot.refs import ImageRef
-from bot.registry.client import RegistryClient
+from bot.refs import ImageRef, valid_repository_name, valid_tag
+from bot.registry.client import RegistryClient, host_of
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
 
@@ -86,9 +89,17 @@ async def _paged(client: RegistryClient, path: str, params: dict[str, str], key:
             page = response.json().get(key) or []
         except (ValueError, AttributeError):
             raise CouldNotCheck(f"The registry's {urlsplit(url).path} answer is not JSON.") from None
+        if not isinstance(page, list):
+            raise CouldNotCheck(f"The registry's {urlsplit(url).path} answer has no list of {key}.")
         items.extend(str(item) for item in page)
         next_link = response.next_link
         url = urljoin(client.base_url + "/", next_link) if next_link else None
+        if url is not None and not client.same_origin(url):
+            raise CouldNotCheck(
+                f"The registry {client.settings.registry_host} put the next page of {urlsplit(path).path} on "
+                f"{host_of(url)}, another host; the bot follows pages only on the registry itself, so it could "
+                "not list it."
+            )
         query = None  # the next link carries its own query
     return items
 
@@ -100,24 +111,35 @@ async def list_repositories(client: RegistryClient) -> tuple[list[str], str]:
     except CouldNotCheck:
         if client.settings.registry_kind != "forgejo":
             raise
-    from bot.integrations.forgejo import ForgejoPackages  # only on the fallback path
+    from bot.registry.forgejo import ForgejoPackages  # only on the fallback path
 
     packages = ForgejoPackages(client)
     return await packages.container_repositories(client.settings.forgejo_owners), "packages API"
 
 
 async def list_tags(client: RegistryClient, name: str) -> list[str]:
-    return await _paged(client, f"/v2/{name}/tags/list", {"n": str(PAGE_SIZE)}, "tags")
+    """The tags of a repository that fit the grammar (others are dropped: see `list_tags_checked`)."""
+    return (await list_tags_checked(client, name))[0]
 
 
-ProgressCallback = Callable[[CheckResult], Awaitable[None] | None]
+async def list_tags_checked(client: RegistryClient, name: str) -> tuple[list[str], list[str]]:
+    """(tags that fit the grammar, names listed as tags that do not) of a repository."""
+    if not valid_repository_name(name):
+        raise CouldNotCheck(f"'{_clip(name)}' is not a valid repository name; its tags were not listed.")
+    tags = await _paged(client, f"/v2/{name}/tags/list", {"n": str(PAGE_SIZE)}, "tags")
+    return [t for t in tags if valid_tag(t)], [t for t in tags if not valid_tag(t)]
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """A name from the registry, safe to echo: printable, bounded."""
+    printable = "".join(c if c.isprintable() else "?" for c in text)
+    return printable if len(printable) <= limit else printable[: limit - 1] + "…"
 
 
 async def scan_registry(
     client: RegistryClient,
     *,
     tags_per_repo: int | None = None,
-    on_result: ProgressCallback | None = None,
     checker: IntegrityChecker | None = None,
 ) -> ScanResult:
     """`checker`: a deep one (IntegrityChecker(client, deep=True, on_progress=...)) for a deep scan."""
@@ -138,20 +160,27 @@ async def scan_registry(
     async def check_tag(name: str, tag: str) -> CheckResult:
         async with gate:
             outcome = await checker.check(ImageRef(name=name, tag=tag), display=f"{name}:{tag}")
-        if on_result is not None:
-            maybe = on_result(outcome)
-            if maybe is not None:
-                await maybe
         return outcome
 
+    def refused(reference: str, error: str) -> CheckResult:
+        return CheckResult(reference=_clip(reference), registry=result.registry, status="error", error=error)
+
     async def check_repository(name: str) -> list[CheckResult]:
+        if not valid_repository_name(name):
+            return [refused(name, f"The registry listed '{_clip(name)}', which is not a valid repository name; "
+                                  "it was not checked.")]  # fmt: skip
         try:
-            tags = await list_tags(client, name)
+            tags, bad_tags = await list_tags_checked(client, name)
         except CouldNotCheck as exc:
-            return [CheckResult(reference=name, registry=result.registry, status="error", error=str(exc))]
+            return [refused(name, str(exc))]
         if tags_per_repo is not None:
             tags = tags[-tags_per_repo:] if tags_per_repo > 0 else []
-        return list(await asyncio.gather(*(check_tag(name, tag) for tag in tags)))
+        skipped = [
+            refused(f"{name}:{tag}", f"The registry listed '{_clip(tag)}' in {name}, which is not a valid tag; "
+                                     "it was not checked.")
+            for tag in bad_tags
+        ]  # fmt: skip
+        return skipped + list(await asyncio.gather(*(check_tag(name, tag) for tag in tags)))
 
     for tag_results in await asyncio.gather(*(check_repository(name) for name in repositories)):
         result.results.extend(tag_results)

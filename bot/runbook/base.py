@@ -1,85 +1,99 @@
-"""What every phase shares: the context it runs in, the progress sink it reports to, the result it returns."""
+"""What every phase shares: the context it runs in, the progress sink it reports to, the result it returns.
+
+Phases produce plain text: no chat markup, nothing escaped. Whoever shows it (the Slack notifier, the command
+line) formats and escapes it at its own boundary.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot.config import Settings
+from bot.incidents.lifecycle import Outcome, StepState
 from bot.incidents.models import Incident
-from bot.integrations.kube import Kube
-from bot.logsetup import register_secret
+from bot.integrations.kube import Kube, Workload
 from bot.registry.client import RegistryClient
+from bot.registry.model import CheckResult
+from bot.registry.session import RegistryObserver, open_registry
+from bot.secrets import SecretResolver
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link a step or result points at (a CI pipeline): `text` is the part of the line that links."""
+
+    url: str
+    text: str
 
 
 class Progress(Protocol):
-    async def step(self, key: str, text: str, state: str = "running") -> None:
-        """Add or replace the line `key`; state is running, done, failed, skipped, info or warning."""
+    async def step(self, key: str, text: str, state: StepState = StepState.RUNNING, link: Link | None = None) -> None:
+        """Add or replace the line `key`."""
 
     async def flush(self) -> None:
         """Make sure the last state is shown."""
+
+
+@dataclass
+class Step:
+    key: str
+    text: str
+    state: StepState
+    link: Link | None = None
+    at: float = field(default_factory=time.time)
+
+    def plain(self) -> str:
+        """The line without markup: a link's address follows it."""
+        return self.text + (f" ({self.link.url})" if self.link else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "text": self.plain(), "state": str(self.state)}
 
 
 class RecordingProgress:
     """Keeps the steps in order; the command line prints them, tests read them."""
 
     def __init__(self, echo: bool = False) -> None:
-        self.steps: dict[str, dict[str, Any]] = {}
+        self.steps: dict[str, Step] = {}
         self.history: list[tuple[str, str, str]] = []
         self.echo = echo
 
-    async def step(self, key: str, text: str, state: str = "running") -> None:
-        self.steps[key] = {"key": key, "text": text, "state": state, "at": time.time()}
-        self.history.append((key, state, text))
+    async def step(self, key: str, text: str, state: StepState = StepState.RUNNING, link: Link | None = None) -> None:
+        step = Step(key, text, StepState(state), link)
+        self.steps[key] = step
+        self.history.append((key, str(step.state), step.plain()))
         if self.echo:
-            print(f"[{state}] {text}", flush=True)
+            print(f"[{step.state}] {step.plain()}", flush=True)
 
     async def flush(self) -> None:
         return None
 
-    def lines(self) -> list[dict[str, Any]]:
-        return list(self.steps.values())
-
-
-class SecretResolver:
-    """Secrets the phases need, resolved when first needed (so a Vault outage fails a phase, not the bot)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._cache: dict[str, str] = {}
-        self._lock = asyncio.Lock()
-
-    async def get(self, name: str) -> str:
-        async with self._lock:
-            if name not in self._cache:
-                from bot.secrets import resolve_secrets
-
-                settings = await asyncio.to_thread(resolve_secrets, self.settings, (name,))
-                value = getattr(settings, name)
-                if name == "registry_password" and not value and not self.settings.vault_addr:
-                    return ""
-                self._cache[name] = value.reveal() if value else ""
-                register_secret(self._cache[name])  # never in a log line, wherever it came from
-            return self._cache[name]
-
-    def forget(self, name: str) -> None:
-        self._cache.pop(name, None)
-
 
 @dataclass
 class PhaseResult:
-    ok: bool
+    outcome: Outcome
     summary: str
-    state: str | None = None  # the incident's next state; None leaves it
-    details: list[str] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)  # lines worth reading in full, e.g. a failed build's log
+    link: Link | None = None
+    check: CheckResult | None = None  # the image as the phase last saw it
+    consumers: list[Workload] | None = None  # the workloads using the image; None when not looked up
+    nodes: list[str] = field(default_factory=list)  # nodes where pods still cannot pull it
+    schedule_verification: bool = False
 
+    @property
+    def ok(self) -> bool:
+        return self.outcome.ok
 
-RegistryObserver = Callable[[str, int, float], None]
+    @classmethod
+    def succeeded(cls, summary: str, **fields: Any) -> PhaseResult:
+        return cls(Outcome.SUCCEEDED, summary, **fields)
+
+    @classmethod
+    def failed(cls, summary: str, **fields: Any) -> PhaseResult:
+        return cls(Outcome.FAILED, summary, **fields)
 
 
 @dataclass
@@ -98,15 +112,3 @@ class PhaseContext:
 
     def registry(self) -> AbstractAsyncContextManager[RegistryClient]:
         return open_registry(self.settings, self.secrets, self.registry_observer)
-
-
-@asynccontextmanager
-async def open_registry(
-    settings: Settings, secrets: SecretResolver, observer: RegistryObserver | None = None
-) -> AsyncIterator[RegistryClient]:
-    """A registry client logged in with the pull token (from its setting or Vault), closed after use."""
-    client = RegistryClient(settings, await secrets.get("registry_password"), observer=observer)
-    try:
-        yield client
-    finally:
-        await client.aclose()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from bot.errors import UserFacingError
+from bot.incidents.lifecycle import StepState
+from bot.integrations.kube import Workload
 from bot.refs import ImageRef
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
-from bot.text import escape
 
 
 def image_digests(incident_digest: str | None, result: CheckResult | None) -> frozenset[str]:
@@ -30,44 +31,52 @@ async def diagnose(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     try:
         result = await check_image(ctx)
     except UserFacingError as exc:
-        await progress.step("check", f"Could not check: {exc}", "failed")
-        return PhaseResult(False, f"Could not check the image: {exc}")
+        await progress.step("check", f"Could not check: {exc}", StepState.FAILED)
+        return PhaseResult.failed(f"Could not check the image: {exc}")
     if result.status == "error":
-        await progress.step("check", f"Could not check: {result.error}", "failed")
-        return PhaseResult(False, f"Could not check the image: {result.error}", data={"check": result})
+        await progress.step("check", f"Could not check: {result.error}", StepState.FAILED)
+        return PhaseResult.failed(f"Could not check the image: {result.error}", check=result)
     if result.status == "intact":
-        await progress.step("check", f"Intact now: all {result.objects_checked} objects present and matching", "done")
+        await progress.step(
+            "check", f"Intact now: all {result.objects_checked} objects present and matching", StepState.DONE
+        )
     else:
         bad = len({p.digest for p in result.problems})
-        await progress.step("check", f"Broken: {bad} of {result.objects_checked} objects have problems", "failed")
+        await progress.step(
+            "check", f"Broken: {bad} of {result.objects_checked} objects have problems", StepState.FAILED
+        )
         for index, problem in enumerate(result.problems[:8]):
-            await progress.step(f"problem-{index}", f"`{escape(problem.summary())}`", "info")
+            await progress.step(f"problem-{index}", f"`{problem.summary()}`", StepState.INFO)
 
     details: list[str] = []
-    consumers: list[dict[str, object]] = []
+    consumers: list[Workload] | None = None
     if ctx.kube is None:
-        await progress.step("cluster", "No cluster configured: probe log and consumers not looked up", "skipped")
+        await progress.step(
+            "cluster", "No cluster configured: probe log and consumers not looked up", StepState.SKIPPED
+        )
     else:
         try:
             probe = await ctx.kube.probe_log()
             lines = [line for repo, tag, line in (probe.failures if probe else []) if f"{repo}:{tag}" == incident.image]
             if probe is None:
-                await progress.step("probe", "No probe Job pod to read", "skipped")
+                await progress.step("probe", "No probe Job pod to read", StepState.SKIPPED)
             elif lines:
-                await progress.step("probe", f"Probe `{probe.pod}` reports {len(lines)} failure line(s)", "info")
+                await progress.step(
+                    "probe", f"Probe `{probe.pod}` reports {len(lines)} failure line(s)", StepState.INFO
+                )
                 for index, line in enumerate(lines[:5]):
-                    await progress.step(f"probe-{index}", f"`{escape(line)}`", "info")
+                    await progress.step(f"probe-{index}", f"`{line}`", StepState.INFO)
             else:
-                await progress.step("probe", f"Probe `{probe.pod}` reports nothing for this image", "info")
+                await progress.step("probe", f"Probe `{probe.pod}` reports nothing for this image", StepState.INFO)
             digests = image_digests(incident.digest, result)
             workloads = await ctx.kube.consumers(incident.name, incident.tag, digests)
-            consumers = [w.to_json() for w in workloads]
+            consumers = workloads
             if workloads:
                 names = ", ".join(f"`{w}`" for w in workloads[:10])
                 more = f" and {len(workloads) - 10} more" if len(workloads) > 10 else ""
-                await progress.step("consumers", f"Used by {len(workloads)} workload(s): {names}{more}", "info")
+                await progress.step("consumers", f"Used by {len(workloads)} workload(s): {names}{more}", StepState.INFO)
             else:
-                await progress.step("consumers", "No workload in the cluster uses this image", "info")
+                await progress.step("consumers", "No workload in the cluster uses this image", StepState.INFO)
             failing = await ctx.kube.failing_pods(incident.name, incident.tag, digests)
             if failing:
                 nodes = sorted({p.node for p in failing if p.node})
@@ -75,18 +84,16 @@ async def diagnose(ctx: PhaseContext, progress: Progress) -> PhaseResult:
                     "pods",
                     f"{len(failing)} pod(s) cannot pull it ({', '.join(sorted({p.reason for p in failing}))}) "
                     f"on {', '.join(nodes) or 'no node yet'}",
-                    "warning",
+                    StepState.WARNING,
                 )
             else:
-                await progress.step("pods", "No pod is failing to pull it", "info")
+                await progress.step("pods", "No pod is failing to pull it", StepState.INFO)
         except UserFacingError as exc:
-            await progress.step("cluster", f"Cluster lookup failed: {exc}", "warning")
+            await progress.step("cluster", f"Cluster lookup failed: {exc}", StepState.WARNING)
             details.append(str(exc))
 
     if result.status == "intact":
         summary = "The image is intact now. If pods still fail, restart the consumers; then verify."
     else:
         summary = "Confirmed broken. Next: Rebuild (deletes the broken version and rebuilds it in CI)."
-    return PhaseResult(
-        True, summary, state="diagnosed", details=details, data={"check": result, "consumers": consumers}
-    )
+    return PhaseResult.succeeded(summary, details=details, check=result, consumers=consumers)

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from bot.errors import UserFacingError
+from bot.incidents.lifecycle import Outcome, StepState
 from bot.integrations.kube import KubeWriter
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
 
@@ -62,21 +63,20 @@ def containerd_pod(node: str, image: str) -> dict[str, Any]:
 async def node(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     target = ctx.target or ""
     if not ctx.settings.node_actions:
-        return PhaseResult(False, "Node actions are off (NODE_ACTIONS=false).")
+        return PhaseResult.failed("Node actions are off (NODE_ACTIONS=false).")
     if ctx.kube is None:
-        return PhaseResult(False, "No Kubernetes cluster is configured.")
+        return PhaseResult.failed("No Kubernetes cluster is configured.")
     writer = KubeWriter(ctx.kube)
     await progress.step("pods", f"Listing the pods on {target}…")
     pods = await pods_to_move(ctx, writer, target)
     bare = [f"{ns}/{name}" for ns, name, controlled in pods if not controlled]
     if bare:
-        await progress.step("pods", f"Pods without a controller on {target}: {', '.join(bare[:5])}", "failed")
-        return PhaseResult(
-            False,
+        await progress.step("pods", f"Pods without a controller on {target}: {', '.join(bare[:5])}", StepState.FAILED)
+        return PhaseResult.failed(
             f"kubectl drain would refuse: {', '.join(bare[:5])} on {target} have no controller and would be lost. "
             "Move or delete them, then run it again. The node was not touched.",
         )
-    await progress.step("pods", f"{len(pods)} pod(s) to evict from {target}", "done")
+    await progress.step("pods", f"{len(pods)} pod(s) to evict from {target}", StepState.DONE)
     if ctx.dry_run:
         for key, text in (
             ("cordon", f"cordon {target}"),
@@ -84,36 +84,33 @@ async def node(ctx: PhaseContext, progress: Progress) -> PhaseResult:
             ("containerd", f"restart containerd on {target} with a privileged pod"),
             ("uncordon", f"uncordon {target}"),
         ):
-            await progress.step(key, f"Dry run: would {text}", "skipped")
-        return PhaseResult(True, "Dry run: the node was not touched.", state=None)
+            await progress.step(key, f"Dry run: would {text}", StepState.SKIPPED)
+        return PhaseResult(Outcome.DRY_RUN, "Dry run: the node was not touched.")
 
     await progress.step("cordon", f"Cordoning {target}…")
     await writer.cordon(target, True)
-    await progress.step("cordon", f"{target} cordoned", "done")
+    await progress.step("cordon", f"{target} cordoned", StepState.DONE)
     try:
         await evict_all(ctx, progress, writer, target, [(ns, name) for ns, name, _ in pods])
         await restart_containerd(ctx, progress, writer, target)
     except UserFacingError as exc:
         await progress.step(
-            "uncordon", f"Leaving {target} cordoned after the failure: uncordon it when fixed", "warning"
+            "uncordon", f"Leaving {target} cordoned after the failure: uncordon it when fixed", StepState.WARNING
         )
-        return PhaseResult(False, f"{exc} {target} stays cordoned: `kubectl uncordon {target}` when it is fixed.")
+        return PhaseResult.failed(f"{exc} {target} stays cordoned: `kubectl uncordon {target}` when it is fixed.")
     await progress.step("uncordon", f"Uncordoning {target}…")
     await writer.cordon(target, False)
-    await progress.step("uncordon", f"{target} uncordoned", "done")
+    await progress.step("uncordon", f"{target} uncordoned", StepState.DONE)
     deadline = time.monotonic() + READY_TIMEOUT
     await progress.step("ready", f"Waiting for {target} to be Ready…")
     while not await writer.node_ready(target):
         if time.monotonic() > deadline:
-            await progress.step("ready", f"{target} is not Ready after {READY_TIMEOUT:g}s", "failed")
-            return PhaseResult(False, f"{target} did not become Ready within {READY_TIMEOUT:g}s.")
+            await progress.step("ready", f"{target} is not Ready after {READY_TIMEOUT:g}s", StepState.FAILED)
+            return PhaseResult.failed(f"{target} did not become Ready within {READY_TIMEOUT:g}s.")
         await asyncio.sleep(POLL)
-    await progress.step("ready", f"{target} is Ready", "done")
-    return PhaseResult(
-        True,
-        f"{target} drained, containerd restarted, node Ready. Verification is scheduled.",
-        state="restarted",
-        data={"schedule_verification": True},
+    await progress.step("ready", f"{target} is Ready", StepState.DONE)
+    return PhaseResult.succeeded(
+        f"{target} drained, containerd restarted, node Ready. Verification is scheduled.", schedule_verification=True
     )
 
 
@@ -139,13 +136,13 @@ async def evict_all(
             break
         if time.monotonic() > deadline:
             names = ", ".join(f"{ns}/{n}" for ns, n in pending[:5])
-            await progress.step("evict", f"A PodDisruptionBudget still blocks {names}", "failed")
+            await progress.step("evict", f"A PodDisruptionBudget still blocks {names}", StepState.FAILED)
             raise UserFacingError(
                 f"Evictions of {names} were refused by a PodDisruptionBudget for {ctx.settings.eviction_timeout:g}s."
             )
         await progress.step("evict", f"{len(pending)} pod(s) wait for their PodDisruptionBudget; retrying…")
         await asyncio.sleep(EVICTION_RETRY)
-    await progress.step("evict", f"{len(pods)} pod(s) evicted from {target}", "done")
+    await progress.step("evict", f"{len(pods)} pod(s) evicted from {target}", StepState.DONE)
 
 
 async def restart_containerd(ctx: PhaseContext, progress: Progress, writer: KubeWriter, target: str) -> None:
@@ -160,12 +157,16 @@ async def restart_containerd(ctx: PhaseContext, progress: Progress, writer: Kube
                 break
             if phase == "Failed":
                 log = (await writer.pod_log(namespace, name)).strip().splitlines()[-3:]
-                await progress.step("containerd", f"The restart pod failed: {' / '.join(log) or 'no log'}", "failed")
+                await progress.step(
+                    "containerd", f"The restart pod failed: {' / '.join(log) or 'no log'}", StepState.FAILED
+                )
                 raise UserFacingError(f"Restarting containerd on {target} failed.")
             if time.monotonic() > deadline:
-                await progress.step("containerd", f"The restart pod did not finish in {POD_TIMEOUT:g}s", "failed")
+                await progress.step(
+                    "containerd", f"The restart pod did not finish in {POD_TIMEOUT:g}s", StepState.FAILED
+                )
                 raise UserFacingError(f"Restarting containerd on {target} did not finish in time.")
             await asyncio.sleep(POLL)
     finally:
         await writer.delete_pod(namespace, name)
-    await progress.step("containerd", f"containerd restarted on {target}", "done")
+    await progress.step("containerd", f"containerd restarted on {target}", StepState.DONE)

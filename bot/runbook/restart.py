@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 from bot.errors import UserFacingError
+from bot.incidents.lifecycle import Outcome, StepState
 from bot.integrations.kube import KubeWriter, Workload
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
 from bot.runbook.diagnose import image_digests
@@ -18,20 +19,22 @@ POLL = 1.0
 async def restart(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     incident = ctx.incident
     if ctx.kube is None:
-        await progress.step("consumers", "No cluster configured (KUBE_ENABLED, KUBECONFIG or in-cluster)", "failed")
-        return PhaseResult(False, "No Kubernetes cluster is configured, so there is nothing the bot can restart.")
+        await progress.step(
+            "consumers", "No cluster configured (KUBE_ENABLED, KUBECONFIG or in-cluster)", StepState.FAILED
+        )
+        return PhaseResult.failed("No Kubernetes cluster is configured, so there is nothing the bot can restart.")
     digests = image_digests(incident.digest, None)
     workloads = await ctx.kube.consumers(incident.name, incident.tag, digests)
     if not workloads:
-        await progress.step("consumers", "No workload uses this image", "done")
+        await progress.step("consumers", "No workload uses this image", StepState.DONE)
         nodes = await stuck_nodes(ctx, progress, digests)
-        return PhaseResult(
-            True,
+        return PhaseResult.succeeded(
             "No workload uses this image; verification is scheduled.",
-            state="restarted",
-            data={"schedule_verification": True, "consumers": [], "nodes": nodes},
+            schedule_verification=True,
+            consumers=[],
+            nodes=nodes,
         )
-    await progress.step("consumers", f"{len(workloads)} workload(s) use `{incident.image}`", "info")
+    await progress.step("consumers", f"{len(workloads)} workload(s) use `{incident.image}`", StepState.INFO)
     writer = KubeWriter(ctx.kube)
     at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     rolling: list[Workload] = []
@@ -40,31 +43,28 @@ async def restart(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     for workload in workloads:
         key = f"w-{workload.kind}-{workload.namespace}-{workload.name}"
         if workload.paused:
-            await progress.step(key, f"`{workload}`: paused, not touched (resume it, then restart)", "warning")
+            await progress.step(key, f"`{workload}`: paused, not touched (resume it, then restart)", StepState.WARNING)
             skipped.append(str(workload))
             continue
         if ctx.dry_run:
-            await progress.step(key, f"`{workload}`: dry run, would set {at} as restartedAt", "skipped")
+            await progress.step(key, f"`{workload}`: dry run, would set {at} as restartedAt", StepState.SKIPPED)
             continue
         try:
             await writer.restart(workload, at)
         except UserFacingError as exc:
-            await progress.step(key, f"`{workload}`: {exc}", "failed")
+            await progress.step(key, f"`{workload}`: {exc}", StepState.FAILED)
             failures.append(str(exc))
             continue
         await progress.step(key, f"`{workload}`: restarted, rolling out…")
         rolling.append(workload)
     if ctx.dry_run:
-        return PhaseResult(True, "Dry run: nothing was restarted.", state=None)
+        return PhaseResult(Outcome.DRY_RUN, "Dry run: nothing was restarted.")
 
     failures += await follow_rollouts(ctx, progress, writer, rolling)
     node_offer = await stuck_nodes(ctx, progress, digests)
-    consumers = [w.to_json() for w in workloads]
     if failures:
-        return PhaseResult(
-            False,
-            f"{len(failures)} rollout(s) did not finish: {'; '.join(failures)}",
-            data={"consumers": consumers, "nodes": node_offer},
+        return PhaseResult.failed(
+            f"{len(failures)} rollout(s) did not finish: {'; '.join(failures)}", consumers=workloads, nodes=node_offer
         )
     summary = f"{len(rolling)} workload(s) rolled out."
     if skipped:
@@ -73,12 +73,7 @@ async def restart(ctx: PhaseContext, progress: Progress) -> PhaseResult:
         summary += f" Pods still cannot pull on {', '.join(node_offer)}."
     else:
         summary += " Verification is scheduled."
-    return PhaseResult(
-        True,
-        summary,
-        state="restarted",
-        data={"schedule_verification": True, "consumers": consumers, "nodes": node_offer},
-    )
+    return PhaseResult.succeeded(summary, schedule_verification=True, consumers=workloads, nodes=node_offer)
 
 
 async def follow_rollouts(
@@ -93,15 +88,15 @@ async def follow_rollouts(
             try:
                 status = await writer.rollout(workload)
             except UserFacingError as exc:
-                await progress.step(key, f"`{workload}`: {exc}", "failed")
+                await progress.step(key, f"`{workload}`: {exc}", StepState.FAILED)
                 failures.append(f"{workload}: {exc}")
                 pending.remove(workload)
                 continue
             if status.done:
-                await progress.step(key, f"`{workload}`: {status.message}", "done")
+                await progress.step(key, f"`{workload}`: {status.message}", StepState.DONE)
                 pending.remove(workload)
             elif status.failed:
-                await progress.step(key, f"`{workload}`: {status.message}", "failed")
+                await progress.step(key, f"`{workload}`: {status.message}", StepState.FAILED)
                 failures.append(f"{workload} {status.message}")
                 pending.remove(workload)
             else:
@@ -112,7 +107,7 @@ async def follow_rollouts(
             for workload in pending:
                 key = f"w-{workload.kind}-{workload.namespace}-{workload.name}"
                 await progress.step(
-                    key, f"`{workload}`: not rolled out after {ctx.settings.rollout_timeout:g}s", "failed"
+                    key, f"`{workload}`: not rolled out after {ctx.settings.rollout_timeout:g}s", StepState.FAILED
                 )
                 failures.append(f"{workload} timed out")
             break
@@ -126,8 +121,8 @@ async def stuck_nodes(ctx: PhaseContext, progress: Progress, digests: frozenset[
     failing = await ctx.kube.failing_pods(ctx.incident.name, ctx.incident.tag, digests)
     nodes = sorted({pod.node for pod in failing if pod.node})
     if not nodes:
-        await progress.step("pods", "No pod of the image is failing to pull", "done")
+        await progress.step("pods", "No pod of the image is failing to pull", StepState.DONE)
         return []
     offer = " — offering the node fix below" if ctx.settings.node_actions else " (NODE_ACTIONS is off)"
-    await progress.step("pods", f"Pods still cannot pull on {', '.join(nodes)}{offer}", "warning")
+    await progress.step("pods", f"Pods still cannot pull on {', '.join(nodes)}{offer}", StepState.WARNING)
     return nodes

@@ -1,68 +1,92 @@
-"""Block Kit messages: what the channel sees. Pure functions from incident data to (text, blocks)."""
+"""Block Kit messages: what the channel sees. Pure functions from incident data to (text, blocks).
+
+Everything that came from outside (image names, problems, CI output, Kubernetes messages, alert text) is
+plain text until it reaches these builders, which escape it; mentions and links are written only here.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from bot.incidents.models import ApprovalRequest, Incident
+from bot.config import Settings
+from bot.incidents import lifecycle
+from bot.incidents.lifecycle import Phase, State, StepState
+from bot.incidents.models import ApprovalRequest, Incident, PhaseRun
 from bot.registry.model import CheckResult, Problem, short_digest
-from bot.text import escape
+from bot.registry.scan import ScanResult
+from bot.runbook.base import Link, Step
 
 Blocks = list[dict[str, Any]]
 
-ACTIONS = {
-    "registry_diagnose": "Diagnose",
-    "registry_rebuild": "Rebuild",
-    "registry_restart": "Restart consumers",
-    "registry_verify_now": "Verify now",
-}
-# Which buttons apply in which state: a button that no longer applies disappears.
-BUTTONS_BY_STATE: dict[str, tuple[str, ...]] = {
-    "open": ("registry_diagnose", "registry_rebuild", "registry_restart"),
-    "diagnosed": ("registry_diagnose", "registry_rebuild", "registry_restart"),
-    "rebuilding": ("registry_diagnose",),
-    "rebuilt": ("registry_restart", "registry_verify_now", "registry_rebuild"),
-    "restarting": ("registry_diagnose",),
-    "restarted": ("registry_verify_now", "registry_restart", "registry_rebuild"),
-    "verifying": ("registry_verify_now", "registry_restart", "registry_rebuild"),
-    "still_broken": ("registry_diagnose", "registry_rebuild", "registry_restart", "registry_verify_now"),
-    "failed": ("registry_diagnose", "registry_rebuild", "registry_restart", "registry_verify_now"),
-    "resolved": (),
-}
 STATE_LABEL = {
-    "open": "🔴 Open",
-    "diagnosed": "🔎 Diagnosed",
-    "rebuilding": "🏗️ Rebuilding",
-    "rebuilt": "📦 Rebuilt",
-    "restarting": "🔄 Restarting consumers",
-    "restarted": "🔄 Consumers restarted",
-    "verifying": "⏱️ Waiting for verification",
-    "still_broken": "🔴 Still broken",
-    "failed": "❌ Failed",
-    "resolved": "✅ Resolved",
+    State.OPEN: "🔴 Open",
+    State.DIAGNOSED: "🔎 Diagnosed",
+    State.REBUILDING: "🏗️ Rebuilding",
+    State.REBUILT: "📦 Rebuilt",
+    State.RESTARTING: "🔄 Restarting consumers",
+    State.RESTARTED: "🔄 Consumers restarted",
+    State.VERIFYING: "⏱️ Waiting for verification",
+    State.STILL_BROKEN: "🔴 Still broken",
+    State.FAILED: "❌ Failed",
+    State.RESOLVED: "✅ Resolved",
 }
+PHASE_ICON = {Phase.DIAGNOSE: "🔎", Phase.REBUILD: "🏗️", Phase.RESTART: "🔄", Phase.NODE: "🧰", Phase.VERIFY: "⏱️"}
+BUTTON_LABEL = {Phase.VERIFY: "Verify now"}  # where the button reads otherwise than the phase's title
 CONFIRMS = {
-    "registry_node": (
+    Phase.NODE: (
         "Drain the node?",
         "This cordons the node, evicts its pods (honoring PodDisruptionBudgets), restarts containerd through a "
         "privileged pod, and uncordons it. A second approver must approve.",
         "Request it",
     ),
-    "registry_rebuild": (
+    Phase.REBUILD: (
         "Rebuild this image?",
         "This deletes the broken version from the registry and starts a CI pipeline that rebuilds and pushes it.",
         "Delete and rebuild",
     ),
-    "registry_restart": (
+    Phase.RESTART: (
         "Restart the consumers?",
         "This rolls every workload that uses this image, as `kubectl rollout restart` does.",
         "Restart them",
     ),
 }
+STEP_ICON = {
+    StepState.RUNNING: "⏳",
+    StepState.DONE: "✅",
+    StepState.FAILED: "❌",
+    StepState.SKIPPED: "⏭️",
+    StepState.INFO: "•",
+    StepState.WARNING: "⚠️",
+}
+CHECK_NOW = "registry_check_now"
+APPROVE, DENY = "registry_approve", "registry_deny"
 MAX_PROBLEM_LINES = 6
+_USER_ID = re.compile(r"^[A-Z0-9]{1,40}$")
+_SAFE_URL = re.compile(r"^https?://[^\s<>|]+$")
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters: text from outside can neither mention, link nor format a date."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mention(user: str | None) -> str:
+    if not user:
+        return "the bot"
+    return f"<@{user}>" if _USER_ID.match(user) else escape(user)
+
+
+def link(url: str, text: str) -> str:
+    return f"<{url}|{escape(text)}>" if _SAFE_URL.match(url) else escape(f"{text} ({url})")
+
+
+def title(phase: Phase | str) -> str:
+    phase = Phase(phase)
+    return f"{PHASE_ICON[phase]} {lifecycle.spec(phase).title}"
 
 
 def _text(text: str) -> dict[str, Any]:
@@ -92,71 +116,77 @@ def incident_problems(incident: Incident) -> list[Problem]:
 
 
 def source_text(incident: Incident) -> str:
-    who = f" by <@{incident.source_user}>" if incident.source_user else ""
+    who = f" by {mention(incident.source_user)}" if incident.source_user else ""
     return {
         "alert": "Alertmanager: RegistryManifestIntegrityFailure",
         "scan": "the bot's scan",
         "probe": "the bot's periodic probe",
         "command": f"`/registry check`{who}",
-    }.get(incident.source, incident.source) + ("" if incident.source == "command" else who)
+    }.get(incident.source, escape(incident.source)) + ("" if incident.source == "command" else who)
 
 
-def incident_message(incident: Incident) -> tuple[str, Blocks]:
+def incident_message(incident: Incident, running: PhaseRun | None = None) -> tuple[str, Blocks]:
     """The root message: edited in place for the incident's whole life."""
-    state = incident.state
-    label = STATE_LABEL.get(state, state)
-    title = f"{'✅' if state == 'resolved' else '🔴'} {incident.image} on {incident.registry_host}"
-    problems = incident_problems(incident)
+    state = State(incident.state)
+    label = STATE_LABEL[state]
+    head = f"{'✅' if state is State.RESOLVED else '🔴'} {incident.image} on {incident.registry_host}"
     fields = [
         _text(f"*Image*\n`{escape(incident.image)}`"),
         _text(f"*Registry*\n{escape(incident.registry_host)}"),
         _text(f"*Digest*\n`{short_digest(incident.digest)}`"),
-        _text(f"*Verdict*\n{incident.verdict}"),
+        _text(f"*Verdict*\n{escape(incident.verdict)}"),
         _text(f"*From*\n{source_text(incident)}"),
         _text(f"*Seen*\nfirst {_when(incident.first_seen)}\nlast {_when(incident.last_seen)} ({incident.seen_count}×)"),
     ]
     blocks: Blocks = [
-        {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
+        {"type": "header", "text": {"type": "plain_text", "text": head[:150], "emoji": True}},
         {"type": "section", "fields": fields},
-        {"type": "section", "text": _text(problem_summary(problems, incident.objects_checked))},
+        {"type": "section", "text": _text(problem_summary(incident_problems(incident), incident.objects_checked))},
     ]
     status = f"*Status:* {label}"
-    if incident.status_note:
-        status += f" — {incident.status_note}"
-    if state == "failed" and incident.failure_reason:
+    if running is not None:
+        by = f", started by {mention(running.requested_by)}" if running.requested_by else ""
+        status += f" — {title(running.phase)} running{by}"
+    elif incident.status_note:
+        status += f" — {escape(incident.status_note)}"
+    if state is State.FAILED and incident.failure_reason:
         status += f"\n{escape(incident.failure_reason)}"
     blocks.append({"type": "context", "elements": [_text(status)]})
-    clicked: dict[str, str] = json.loads(incident.clicked or "{}")
-    buttons = []
-    for action_id in BUTTONS_BY_STATE.get(state, ()):
-        if action_id in clicked:
-            continue
-        buttons.append(button(action_id, ACTIONS[action_id], str(incident.id)))
-    done = [_text(label_) for label_ in clicked.values()]
+    clicked: dict[str, str] = {p: u for p, u in json.loads(incident.clicked or "{}").items() if p in set(Phase)}
+    done = [_text(f"✅ {button_label(Phase(p))} by {mention(u)}") for p, u in clicked.items()]
     if done:
         blocks.append({"type": "context", "elements": done[:10]})
+    buttons = [button(spec.phase, str(incident.id)) for spec in lifecycle.buttons(state) if spec.phase not in clicked]
     if buttons:
         blocks.append({"type": "actions", "block_id": f"incident-{incident.id}", "elements": buttons})
-    text = f"{title}: {label}"
-    return text, blocks
+    return f"{escape(head)}: {label}", blocks
 
 
-def button(action_id: str, label: str, value: str, style: str | None = None) -> dict[str, Any]:
+def button_label(phase: Phase) -> str:
+    return BUTTON_LABEL.get(phase, lifecycle.spec(phase).title)
+
+
+def button(phase: Phase, value: str, label: str | None = None) -> dict[str, Any]:
+    element = plain_button(lifecycle.spec(phase).action_id, label or button_label(phase), value)
+    if phase in CONFIRMS:
+        heading, text, confirm = CONFIRMS[phase]
+        element["confirm"] = {
+            "title": {"type": "plain_text", "text": heading},
+            "text": _text(text),
+            "confirm": {"type": "plain_text", "text": confirm},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        }
+        element["style"] = "danger"
+    return element
+
+
+def plain_button(action_id: str, label: str, value: str, style: str | None = None) -> dict[str, Any]:
     element: dict[str, Any] = {
         "type": "button",
         "action_id": action_id,
         "text": {"type": "plain_text", "text": label, "emoji": True},
         "value": value,
     }
-    if action_id in CONFIRMS:
-        title, text, confirm = CONFIRMS[action_id]
-        element["confirm"] = {
-            "title": {"type": "plain_text", "text": title},
-            "text": _text(text),
-            "confirm": {"type": "plain_text", "text": confirm},
-            "deny": {"type": "plain_text", "text": "Cancel"},
-        }
-        element["style"] = "danger"
     if style:
         element["style"] = style
     return element
@@ -164,20 +194,23 @@ def button(action_id: str, label: str, value: str, style: str | None = None) -> 
 
 def check_message(result: CheckResult, user: str | None) -> tuple[str, Blocks]:
     """A verdict for `/registry check` when the image is intact or could not be checked."""
-    who = f" (asked by <@{user}>)" if user else ""
+    who = f" (asked by {mention(user)})" if user else ""
     text = escape(result.verdict()) + who
     return text, [{"type": "section", "text": _text(text)}]
 
 
-def scan_summary(summary: dict[str, Any], user: str | None, broken: Sequence[str]) -> tuple[str, Blocks]:
-    who = f" (asked by <@{user}>)" if user else ""
-    if summary.get("status") == "error":
-        text = f"⚠️ Could not scan {summary.get('registry')}: {escape(str(summary.get('error', '')))}{who}"
+def scan_summary(scan: ScanResult, user: str | None) -> tuple[str, Blocks]:
+    who = f" (asked by {mention(user)})" if user else ""
+    summary = scan.summary()
+    if scan.error:
+        text = f"⚠️ Could not scan {escape(scan.registry)}: {escape(scan.error)}{who}"
     else:
+        broken = [r.reference for r in scan.broken]
         icon = "🔴" if broken else "✅"
         text = (
-            f"{icon} Scan of {summary['registry']}: {summary['tags']} tags in {summary['repositories']} repositories, "
-            f"{summary['broken']} broken, {summary['errors']} not checked ({summary['elapsed_ms']} ms){who}"
+            f"{icon} Scan of {escape(scan.registry)}: {summary['tags']} tags in {summary['repositories']} "
+            f"repositories, {summary['broken']} broken, {summary['errors']} not checked "
+            f"({summary['elapsed_ms']} ms){who}"
         )
         if broken:
             text += "\n" + "\n".join(f"• `{escape(ref)}`" for ref in broken[:20])
@@ -189,28 +222,64 @@ def info_alert(alertname: str, instance: str, summary: str) -> tuple[str, Blocks
         "RegistryCatalogInaccessible": "The probe cannot list the registry's catalog.",
         "RegistryIntegrityProbeStale": "The integrity probe has not reported for over an hour.",
     }.get(alertname, "")
-    text = f"⚠️ {alertname} on {instance}. {meaning} {summary}".strip()
+    text = escape(f"⚠️ {alertname} on {instance}. {meaning} {summary}".strip())
     blocks: Blocks = [
-        {"type": "section", "text": _text(escape(text))},
-        {"type": "actions", "elements": [button("registry_check_now", "Check now", instance[:100])]},
+        {"type": "section", "text": _text(text)},
+        {"type": "actions", "elements": [plain_button(CHECK_NOW, "Check now", instance[:100])]},
     ]
     return text, blocks
 
 
-def progress_message(title: str, steps: Sequence[dict[str, Any]], footer: str = "") -> tuple[str, Blocks]:
-    icons = {"running": "⏳", "done": "✅", "failed": "❌", "skipped": "⏭️", "info": "•", "warning": "⚠️"}
-    lines = [f"{icons.get(step.get('state', 'info'), '•')} {step['text']}" for step in steps]
-    body = "\n".join(lines) if lines else "starting…"
-    text = f"{title}\n{body}" + (f"\n{footer}" if footer else "")
-    blocks: Blocks = [{"type": "section", "text": _text(f"*{title}*\n{body}")}]
+def step_line(step: Step) -> str:
+    text = escape(step.text)
+    if step.link is not None:
+        shown = escape(step.link.text)
+        rendered = link(step.link.url, step.link.text)
+        text = text.replace(shown, rendered, 1) if shown in text else f"{text} {rendered}"
+    return f"{STEP_ICON[step.state]} {text}"
+
+
+def progress_message(heading: str, steps: Sequence[Step], footer: str = "") -> tuple[str, Blocks]:
+    """A phase run's thread message; `heading` and `footer` are already Slack text."""
+    body = "\n".join(step_line(step) for step in steps) if steps else "starting…"
+    text = f"{heading}\n{body}" + (f"\n{footer}" if footer else "")
+    blocks: Blocks = [{"type": "section", "text": _text(f"*{heading}*\n{body}")}]
     if footer:
         blocks.append({"type": "context", "elements": [_text(footer)]})
     return text, blocks
 
 
-def approval_message(request: ApprovalRequest, what: str) -> tuple[str, Blocks]:
+def run_heading(run: PhaseRun) -> str:
+    heading = title(run.phase) + (f" {escape(run.target)}" if run.target else "") + f" (attempt {run.attempt})"
+    if run.requested_by:
+        heading += f" — requested by {mention(run.requested_by)}"
+        if run.approved_by and run.approved_by != run.requested_by:
+            heading += f", approved by {mention(run.approved_by)}"
+    return heading
+
+
+def run_reply(run: PhaseRun, ok: bool, summary: str, details: Sequence[str], result_link: Link | None) -> str:
+    reply = f"{'✅' if ok else '❌'} {title(run.phase)}: {escape(summary)}"
+    if result_link is not None and result_link.url not in summary:
+        reply += f" ({link(result_link.url, result_link.text)})"
+    if details:
+        reply += "\n" + "\n".join(f"> {escape(line)}" for line in details[:20])
+    return reply
+
+
+def run_again(incident: Incident, run: PhaseRun, reason: str) -> tuple[str, Blocks]:
+    value = f"{incident.id}:{run.target}" if run.phase == Phase.NODE and run.target else str(incident.id)
+    text = f"⚠️ {escape(reason)} Nothing half-done is forgotten: check the steps above, then run it again."
+    label = f"Run {title(run.phase)} again"
+    return text, [
+        {"type": "section", "text": _text(text)},
+        {"type": "actions", "elements": [plain_button(lifecycle.spec(run.phase).action_id, label, value)]},
+    ]
+
+
+def approval_message(request: ApprovalRequest) -> tuple[str, Blocks]:
     text = (
-        f"<@{request.requested_by}> asks to run *{what}*. A different approver must approve it "
+        f"{mention(request.requested_by)} asks to run *{_what(request)}*. A different approver must approve it "
         f"(expires {_when(request.expires_at)})."
     )
     blocks: Blocks = [
@@ -219,48 +288,58 @@ def approval_message(request: ApprovalRequest, what: str) -> tuple[str, Blocks]:
             "type": "actions",
             "block_id": f"approval-{request.id}",
             "elements": [
-                button("registry_approve", "Approve", str(request.id), style="primary"),
-                button("registry_deny", "Deny", str(request.id), style="danger"),
+                plain_button(APPROVE, "Approve", str(request.id), style="primary"),
+                plain_button(DENY, "Deny", str(request.id), style="danger"),
             ],
         },
     ]
     return text, blocks
 
 
-def approval_answered(request: ApprovalRequest, what: str) -> tuple[str, Blocks]:
+def approval_answered(request: ApprovalRequest) -> tuple[str, Blocks]:
     verb = {"approved": "✅ approved", "denied": "🚫 denied", "expired": "⌛ expired"}.get(
         request.status, request.status
     )
-    by = f" by <@{request.answered_by}>" if request.answered_by and request.status != "expired" else ""
-    text = f"<@{request.requested_by}> asked to run *{what}*: {verb}{by}."
+    by = ""
+    if request.answered_by and request.status != lifecycle.ApprovalStatus.EXPIRED:
+        by = f" by {mention(request.answered_by)}"
+    text = f"{mention(request.requested_by)} asked to run *{_what(request)}*: {verb}{by}."
     return text, [{"type": "section", "text": _text(text)}]
 
 
-def status_list(incidents: Sequence[Incident], link: Any) -> str:
+def _what(request: ApprovalRequest) -> str:
+    return title(request.phase) + (f" on {escape(request.target)}" if request.target else "")
+
+
+def approvers_text(settings: Settings) -> str:
+    parts = [mention(u) for u in settings.approvers]
+    if settings.approver_group:
+        parts.append(f"members of @{escape(settings.approver_group.lstrip('@'))}")
+    return ", ".join(parts) if parts else "no one (APPROVERS and APPROVER_GROUP are empty)"
+
+
+def status_list(incidents: Sequence[Incident], permalink: Callable[[str, str], str]) -> str:
     if not incidents:
         return "No open incidents. ✅"
     lines = [f"*{len(incidents)} open incident{'s' if len(incidents) != 1 else ''}:*"]
     for incident in incidents:
         where = (
-            f"<{link(incident.channel, incident.root_ts)}|{escape(incident.image)}>"
+            link(permalink(incident.channel or "", incident.root_ts), incident.image)
             if incident.root_ts
-            else (f"`{escape(incident.image)}`")
+            else f"`{escape(incident.image)}`"
         )
-        lines.append(
-            f"• {where} — {STATE_LABEL.get(incident.state, incident.state)}, since {_when(incident.first_seen)}"
-        )
+        lines.append(f"• {where} — {STATE_LABEL[State(incident.state)]}, since {_when(incident.first_seen)}")
     return "\n".join(lines)
 
 
 def node_offer(incident_id: int, nodes: Sequence[str]) -> tuple[str, Blocks]:
     """The thread message offering 'Drain <node> and restart containerd' (two approvers)."""
-    text = (
+    text = escape(
         f"Pods of this image still cannot pull on {', '.join(nodes)}: containerd may hold the broken digest. "
         "Draining the node and restarting containerd needs two approvers."
     )
     elements = [
-        button("registry_node", f"Drain {node} and restart containerd", f"{incident_id}:{node}", style="danger")
-        for node in nodes[:5]
+        button(Phase.NODE, f"{incident_id}:{node}", f"Drain {node} and restart containerd") for node in nodes[:5]
     ]
     return text, [{"type": "section", "text": _text(text)}, {"type": "actions", "elements": elements}]
 

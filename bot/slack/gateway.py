@@ -1,7 +1,9 @@
 """Slack's Web API as the bot uses it, with delivery that survives rate limits and outages.
 
-- `ratelimited` (HTTP 429): wait Retry-After, then send again.
-- 5xx, timeouts, connection errors: back off and send again, for up to SLACK_RETRY_FOR seconds.
+- slack_sdk's own retry handlers retry each call a few times: on `ratelimited` (HTTP 429, after
+  Retry-After), on 5xx and on connection errors.
+- Past those, an outage is waited out: the call is sent again with backoff (Retry-After for a 429) for up
+  to SLACK_RETRY_FOR seconds, so messages sent while Slack is down arrive once it is back.
 - Errors a retry cannot fix (channel_not_found, not_in_channel, invalid_auth, ...): logged once with the fix,
   never raised into the caller's flow.
 """
@@ -15,6 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import metrics
@@ -46,7 +53,12 @@ class SlackGateway:
     def __init__(self, token: str, base_url: str, retry_for: float = 900.0) -> None:
         if not base_url.endswith("/"):
             base_url += "/"
-        self.client = AsyncWebClient(token=token, base_url=base_url, timeout=10)
+        retries = [
+            AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+        ]
+        self.client = AsyncWebClient(token=token, base_url=base_url, timeout=10, retry_handlers=retries)
         self.retry_for = retry_for
         self.team_url = ""
         self.bot_user_id = ""

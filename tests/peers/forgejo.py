@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import threading
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -112,6 +113,54 @@ class ForgejoStandIn:
     def paths(self, prefix: str = "") -> list[str]:
         with self._lock:
             return [path for _, path, _ in self.requests if path.startswith(prefix)]
+
+    # --- Forgejo's API shapes (convert.ToUser, convert.ToPackage, the API's error bodies) ----------------
+
+    def user_json(self, login: str) -> dict[str, Any]:
+        return {
+            "id": zlib.crc32(login.encode()) % 100_000,
+            "login": login,
+            "login_name": "",
+            "source_id": 0,
+            "full_name": login.title(),
+            "email": f"{login}@noreply.localhost",
+            "avatar_url": f"{self.url}/avatars/{login}",
+            "html_url": f"{self.url}/{login}",
+            "language": "",
+            "is_admin": False,
+            "last_login": "2026-11-30T00:00:00Z",
+            "created": "2026-01-01T00:00:00Z",
+            "restricted": False,
+            "active": True,
+            "prohibit_login": False,
+            "location": "",
+            "pronouns": "",
+            "website": "",
+            "description": "",
+            "visibility": "public",
+            "followers_count": 0,
+            "following_count": 0,
+            "starred_repos_count": 0,
+        }
+
+    def package_json(self, owner: str, name: str, version: str) -> dict[str, Any]:
+        return {
+            "id": zlib.crc32(f"{owner}/{name}:{version}".encode()) % 1_000_000,
+            "owner": self.user_json(owner),
+            "creator": self.user_json(owner),
+            "type": "container",
+            "name": name,
+            "version": version,
+            "created_at": "2026-11-30T00:00:00Z",
+            "html_url": f"{self.url}/{owner}/-/packages/container/{name}/{version}",
+        }
+
+    def api_error(self, status: int, message: str) -> dict[str, Any]:
+        """Forgejo's APIError ({message, url}), APINotFound also listing `errors`."""
+        body: dict[str, Any] = {"message": message, "url": f"{self.url}/api/swagger"}
+        if status == 404:
+            body["errors"] = [message]
+        return body
 
     # --- the server -------------------------------------------------------------------------------
 
@@ -245,14 +294,14 @@ class ForgejoStandIn:
             def _packages(self, parts: Any, auth: str) -> None:
                 user = stand_in._user_for(auth)
                 if not user:
-                    return self._json(401, {"message": "token is required"})
+                    return self._json(401, stand_in.api_error(401, "token is required"))
                 segments = [s for s in parts.path.split("/")[4:] if s]
                 if len(segments) == 1 and self.command == "GET":
                     return self._list(segments[0], parse_qs(parts.query))
                 if len(segments) == 4 and segments[1] == "container":
                     owner, _, name, version = segments
                     return self._version(user, owner, name, version)
-                self._json(404, {"message": "Not Found"})
+                self._json(404, stand_in.api_error(404, "Not Found"))
 
             def _list(self, owner: str, query: dict[str, list[str]]) -> None:
                 page = int(query.get("page", ["1"])[0])
@@ -264,17 +313,7 @@ class ForgejoStandIn:
                         continue
                     tags = stand_in._upstream.get(f"/v2/{repo}/tags/list").json().get("tags") or []
                     for tag in tags:
-                        versions.append(
-                            {
-                                "id": len(versions) + 1,
-                                "owner": {"login": owner},
-                                "name": repo.split("/", 1)[1],
-                                "type": "container",
-                                "version": tag,
-                                "created_at": "2026-11-30T00:00:00Z",
-                                "html_url": f"{stand_in.url}/{owner}/-/packages/container/{repo}/{tag}",
-                            }
-                        )
+                        versions.append(stand_in.package_json(owner, repo.split("/", 1)[1], tag))
                 chunk = versions[(page - 1) * limit : page * limit]
                 headers = {"X-Total-Count": str(len(versions))}
                 if page * limit < len(versions):
@@ -296,18 +335,15 @@ class ForgejoStandIn:
                 )
                 if self.command == "GET":
                     if head.status_code != 200:
-                        return self._json(404, {"message": "package does not exist"})
-                    return self._json(
-                        200, {"id": 1, "owner": {"login": owner}, "name": name, "type": "container", "version": version}
-                    )
+                        return self._json(404, stand_in.api_error(404, "package does not exist"))
+                    return self._json(200, stand_in.package_json(owner, name, version))
                 if self.command != "DELETE":
-                    return self._json(405, {"message": "method not allowed"})
+                    return self._json(405, stand_in.api_error(405, "method not allowed"))
                 if "write:package" not in stand_in.users[user].scopes:
-                    return self._json(
-                        403, {"message": "token does not have at least one of required scope(s): [write:package]"}
-                    )
+                    message = "token does not have at least one of required scope(s): [write:package]"
+                    return self._json(403, stand_in.api_error(403, message))
                 if head.status_code != 200:
-                    return self._json(404, {"message": "package does not exist"})
+                    return self._json(404, stand_in.api_error(404, "package does not exist"))
                 digest = head.headers["Docker-Content-Digest"]
                 stand_in._upstream.delete(f"/v2/{repo}/manifests/{digest}")
                 self._send(204)

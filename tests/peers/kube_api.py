@@ -628,6 +628,9 @@ class KubeStandIn:
         self.watch_timeout_seconds = watch_timeout_seconds
         self.user = user
         self.server_errors: list[str] = []  # tracebacks of handler bugs answered with 500
+        # Every JSON document answered (watch events one by one), as sent: tests validate them against the
+        # Kubernetes schemas (tests/peers/kube_schema.py), so the stand-in never answers what a server would not.
+        self.answers: list[bytes] = []
 
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -1270,12 +1273,13 @@ class KubeStandIn:
             code, payload = 500, ApiError(500, f"stand-in error: {exc!r}").status()
         self._respond(handler, code, payload, headers)
 
-    @staticmethod
-    def _respond(handler: _Handler, code: int, payload: Obj | str, headers: Mapping[str, str]) -> None:
+    def _respond(self, handler: _Handler, code: int, payload: Obj | str, headers: Mapping[str, str]) -> None:
         if isinstance(payload, str):
             data, content_type = payload.encode(), "text/plain"
         else:
             data, content_type = json.dumps(payload, separators=(",", ":")).encode(), "application/json"
+            with self._lock:
+                self.answers.append(data)
         try:
             handler.send_response(code)
             handler.send_header("Content-Type", content_type)
@@ -1609,6 +1613,7 @@ class KubeStandIn:
             else:
                 pending, last = [], int(start)
             lines = [json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in pending]
+            self.answers.extend(line.rstrip(b"\n") for line in lines)
 
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
@@ -1636,6 +1641,7 @@ class KubeStandIn:
                     ]
                     last = self._rv
                     lines = [json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events]
+                    self.answers.extend(line.rstrip(b"\n") for line in lines)
             handler.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass

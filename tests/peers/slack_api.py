@@ -715,7 +715,9 @@ class SlackStandIn:
         if blocks is not None and self.validate_blocks:
             errors = validate_blocks(blocks)
             if errors:
-                raise _SlackError("invalid_blocks", errors=errors)
+                # Slack's answer: HTTP 200, ok:false, the errors, and each again in response_metadata.
+                messages = [f"[ERROR] {error}" for error in errors]
+                raise _SlackError("invalid_blocks", errors=errors, response_metadata={"messages": messages})
         if attachments is not None and not isinstance(attachments, list):
             raise _SlackError("invalid_attachments")
 
@@ -910,9 +912,12 @@ _BLOCK_TYPES = {
 
 
 def validate_blocks(blocks: Any) -> list[str]:
-    """The subset of Slack's Block Kit limits that bots commonly trip over, as Slack-style messages.
+    """Slack's Block Kit limits (shared/reference/protocols.md, the issue's table), as Slack-style messages.
 
-    Returns an empty list when the blocks are acceptable.
+    Blocks per message 50; section text 3,000, fields 10 of 2,000 each; header 150 (plain_text); context 10
+    elements, actions 25; button text 75 (plain_text), value 2,000, url 3,000; action_id and block_id 255, a
+    block_id unique in the message, an action_id unique in its block; a confirm dialog's title 100, text 300,
+    confirm and deny 30 (plain_text). Returns an empty list when the blocks are acceptable.
     """
     if not isinstance(blocks, list):
         return ["must provide an array [json-pointer:/blocks]"]
@@ -943,8 +948,26 @@ def validate_blocks(blocks: Any) -> list[str]:
             text_obj(el.get("text"), f"{ptr}/text", 75, plain_only=True)
             if len(str(el.get("value", ""))) > 2000:
                 err("must be less than 2001 characters", f"{ptr}/value")
+            if len(str(el.get("url", ""))) > 3000:
+                err("must be less than 3001 characters", f"{ptr}/url")
             if "style" in el and el["style"] not in ("primary", "danger"):
                 err("must be a valid enum value", f"{ptr}/style")
+        if "confirm" in el:
+            confirm(el["confirm"], f"{ptr}/confirm")
+
+    def confirm(dialog: Any, ptr: str) -> None:
+        if not isinstance(dialog, Mapping):
+            err("must provide an object", ptr)
+            return
+        for key, limit, plain in (
+            ("title", 100, True),
+            ("text", 300, False),
+            ("confirm", 30, True),
+            ("deny", 30, True),
+        ):
+            text_obj(dialog.get(key), f"{ptr}/{key}", limit, plain_only=plain)  # all four are required
+        if "style" in dialog and dialog["style"] not in ("primary", "danger"):
+            err("must be a valid enum value", f"{ptr}/style")
 
     if len(blocks) > 50:
         err("no more than 50 items allowed", "/blocks")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ import pytest
 from tests.peers.github_actions import GitHubActionsStandIn
 from tests.peers.registry import OCI_INDEX, Registry
 from tests.peers.woodpecker import WoodpeckerStandIn
+from tests.peers.woodpecker_protocol import protocol_errors
 
 T = TypeVar("T")
 
@@ -41,6 +43,22 @@ def registry() -> Iterator[Registry]:
 
 
 # --- Woodpecker -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def woodpecker_holds_to_the_protocol(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Whatever a Woodpecker stand-in answered in a test fits shared/reference/protocols.md."""
+    started: list[WoodpeckerStandIn] = []
+    original = WoodpeckerStandIn.__init__
+
+    def init(self: WoodpeckerStandIn, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(WoodpeckerStandIn, "__init__", init)
+    yield
+    for stand_in in started:
+        assert protocol_errors(stand_in) == []
 
 
 def wp_client(wp: WoodpeckerStandIn, token: str = "wp-token") -> httpx.Client:
@@ -205,6 +223,38 @@ def test_woodpecker_cancel_and_faults() -> None:
         wp.fault("GET", r"/pipelines/\d+$", 500, times=2)
         assert [client.get(f"/api/repos/{repo_id}/pipelines/1").status_code for _ in range(3)] == [500, 500, 200]
         assert client.get(f"/api/repos/{repo_id}/pipelines/9").status_code == 404
+
+
+def test_woodpecker_injected_refusals_look_like_woodpeckers() -> None:
+    with WoodpeckerStandIn() as wp, wp_client(wp) as client:
+        repo_id = wp.add_repo("viktor", "app")
+        for status in (401, 404):
+            wp.fault("GET", r"/lookup/", status)
+            answer = client.get("/api/repos/lookup/viktor/app")
+            assert (answer.status_code, answer.content) == (status, b"")  # session middleware: a bare status
+        assert client.post(f"/api/repos/{repo_id}/pipelines", json={"branch": "main"}).status_code == 200
+
+
+def test_the_woodpecker_protocol_check_catches_what_woodpecker_would_not_answer() -> None:
+    from tests.peers.woodpecker import Answer
+    from tests.peers.woodpecker_protocol import answer_errors
+
+    pipeline = {"id": 1, "number": 1, "status": "success", "branch": "main", "workflows": []}
+    good = Answer("GET", "/api/repos/1/pipelines/1", 200, {}, json.dumps(pipeline).encode())
+    assert answer_errors(good) == []
+    for method, path, status, headers, body in [
+        ("GET", "/api/repos/1/pipelines/1", 200, {}, json.dumps({**pipeline, "status": "done"})),
+        ("GET", "/api/repos/1/pipelines/1", 200, {}, json.dumps({**pipeline, "workflows": None})),
+        ("GET", "/api/repos/1/pipelines/1", 200, {}, json.dumps({**pipeline, "workflows": [{"id": 1, "name": "w",
+            "state": "success", "children": [{"id": 2, "name": "s", "state": "ok", "exit_code": 0}]}]})),
+        ("POST", "/api/repos/1/pipelines", 204, {}, ""),
+        ("POST", "/api/repos/1/pipelines", 201, {}, json.dumps(pipeline)),
+        ("GET", "/api/repos/lookup/viktor/app", 401, {}, "Unauthorized"),
+        ("GET", "/api/repos/lookup/viktor/app", 200, {}, json.dumps({"id": "42"})),
+        ("GET", "/api/repos/1/logs/1/2", 200, {}, json.dumps([{"id": 1, "step_id": 2, "time": 0, "line": 0,
+            "data": "not base64!", "type": 0}])),
+    ]:  # fmt: skip
+        assert answer_errors(Answer(method, path, status, headers, body.encode())), (method, path, status, body)
 
 
 # --- GitHub Actions -------------------------------------------------------------------------------------

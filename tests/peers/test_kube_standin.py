@@ -16,6 +16,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from tests.peers.kube_api import KubeStandIn
+from tests.peers.kube_schema import answer_errors
 
 T = TypeVar("T")
 
@@ -48,6 +49,8 @@ def kube() -> Iterator[KubeStandIn]:
         k.add_node("node-b")
         yield k
         assert k.server_errors == []
+        # Whatever the stand-in answered is what a Kubernetes 1.34 API server could answer.
+        assert answer_errors(k.answers) == []
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ against what the bot will actually send."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -503,3 +504,102 @@ def test_bolt_app_end_to_end(slack: SlackStandIn) -> None:
 
     forged_body, forged_headers = slash_command("wrong-secret", "app:1.2")
     assert app.dispatch(BoltRequest(body=forged_body.decode(), headers=forged_headers)).status == 401
+
+
+# --- Slack's documented limits (the issue's table; shared/reference/protocols.md) -------------------------------
+
+
+def _section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _button(action_id: str = "b", text: str = "Go", value: str = "v", **extra: object) -> dict:
+    return {"type": "button", "action_id": action_id, "text": {"type": "plain_text", "text": text}, "value": value} | (
+        extra
+    )
+
+
+def _confirm(title: str = "Sure?", text: str = "Really.", confirm: str = "Yes", deny: str = "No") -> dict:
+    return {
+        "title": {"type": "plain_text", "text": title},
+        "text": {"type": "mrkdwn", "text": text},
+        "confirm": {"type": "plain_text", "text": confirm},
+        "deny": {"type": "plain_text", "text": deny},
+    }
+
+
+def _actions(*elements: dict, block_id: str | None = None) -> dict:
+    block: dict = {"type": "actions", "elements": list(elements)}
+    if block_id is not None:
+        block["block_id"] = block_id
+    return block
+
+
+LIMITS = {
+    "blocks per message (50)": lambda n: [{"type": "divider"}] * n,
+    "section text (3,000)": lambda n: [_section("x" * n)],
+    "field text (2,000)": lambda n: [{"type": "section", "fields": [{"type": "mrkdwn", "text": "x" * n}]}],
+    "fields per section (10)": lambda n: [{"type": "section", "fields": [{"type": "mrkdwn", "text": "f"}] * n}],
+    "header (150)": lambda n: [{"type": "header", "text": {"type": "plain_text", "text": "h" * n}}],
+    "button text (75)": lambda n: [_actions(_button(text="t" * n))],
+    "button value (2,000)": lambda n: [_actions(_button(value="v" * n))],
+    "button url (3,000)": lambda n: [_actions(_button(url="https://x.example/" + "u" * (n - 18)))],
+    "action_id (255)": lambda n: [_actions(_button(action_id="a" * n))],
+    "block_id (255)": lambda n: [_actions(_button(), block_id="b" * n)],
+    "context elements (10)": lambda n: [{"type": "context", "elements": [{"type": "mrkdwn", "text": "c"}] * n}],
+    "actions elements (25)": lambda n: [_actions(*(_button(action_id=f"a{i}") for i in range(n)))],
+    "confirm title (100)": lambda n: [_actions(_button(confirm=_confirm(title="t" * n)))],
+    "confirm text (300)": lambda n: [_actions(_button(confirm=_confirm(text="t" * n)))],
+    "confirm button (30)": lambda n: [_actions(_button(confirm=_confirm(confirm="c" * n)))],
+    "deny button (30)": lambda n: [_actions(_button(confirm=_confirm(deny="d" * n)))],
+}
+LIMIT_VALUES = {name: int(name.split("(")[1].rstrip(")").replace(",", "")) for name in LIMITS}
+
+
+@pytest.mark.parametrize("method", ["chat_postMessage", "chat_update", "chat_postEphemeral"])
+@pytest.mark.parametrize("limit", list(LIMITS))
+def test_every_limit_is_enforced_as_slack_does(slack: SlackStandIn, client: WebClient, limit: str, method: str) -> None:
+    n = LIMIT_VALUES[limit]
+    root = client.chat_postMessage(channel=ALERTS, text="root")
+    target = {"chat_update": {"ts": root["ts"]}, "chat_postEphemeral": {"user": "U1"}}.get(method, {})
+    send = getattr(client, method)
+    assert send(channel=ALERTS, text="fits", blocks=LIMITS[limit](n), **target)["ok"]
+    with pytest.raises(SlackApiError) as refused:
+        send(channel=ALERTS, text="too much", blocks=LIMITS[limit](n + 1), **target)
+    answer = refused.value.response
+    assert answer.status_code == 200  # Slack answers ok:false with HTTP 200
+    assert answer["ok"] is False and answer["error"] == "invalid_blocks"
+    [error] = answer["errors"]
+    assert re.fullmatch(r".+ \[json-pointer:/blocks(/[\w]+)*\]", error), error
+    assert answer["response_metadata"]["messages"] == [f"[ERROR] {error}"]
+
+
+def test_duplicate_ids_are_refused_in_their_scope(client: WebClient) -> None:
+    twice = [_actions(_button("registry_node"), _button("registry_node"))]
+    with pytest.raises(SlackApiError) as refused:
+        client.chat_postMessage(channel=ALERTS, text="t", blocks=twice)
+    assert refused.value.response["errors"] == ["duplicate action_id [json-pointer:/blocks/0/elements/1/action_id]"]
+    # One action_id in two blocks is another scope: accepted.
+    assert client.chat_postMessage(channel=ALERTS, text="t", blocks=[_actions(_button("x")), _actions(_button("x"))])
+    with pytest.raises(SlackApiError) as block_ids:
+        client.chat_postMessage(channel=ALERTS, text="t", blocks=[_actions(_button(), block_id="b")] * 2)
+    assert block_ids.value.response["error"] == "invalid_blocks"
+
+
+@pytest.mark.parametrize("method", ["chat_postMessage", "chat_update", "chat_postEphemeral"])
+def test_message_text_over_40000_is_msg_too_long(client: WebClient, method: str) -> None:
+    root = client.chat_postMessage(channel=ALERTS, text="root")
+    target = {"chat_update": {"ts": root["ts"]}, "chat_postEphemeral": {"user": "U1"}}.get(method, {})
+    send = getattr(client, method)
+    assert send(channel=ALERTS, text="x" * 40_000, **target)["ok"]
+    with pytest.raises(SlackApiError) as refused:
+        send(channel=ALERTS, text="x" * 40_001, **target)
+    assert refused.value.response.status_code == 200
+    assert refused.value.response.data == {"ok": False, "error": "msg_too_long"}
+
+
+def test_a_refused_message_is_not_posted(slack: SlackStandIn, client: WebClient) -> None:
+    with pytest.raises(SlackApiError):
+        client.chat_postMessage(channel=ALERTS, text="t", blocks=[_section("x" * 3001)])
+    assert slack.messages(ALERTS) == []
+    assert [c.error for c in slack.calls_to("chat.postMessage")] == ["invalid_blocks"]

@@ -76,6 +76,17 @@ class Request:
 
 
 @dataclass
+class Answer:
+    """One answer as sent: tests hold a stand-in's answers to the protocol (tests/peers/woodpecker_protocol.py)."""
+
+    method: str
+    path: str
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
 class Response:
     status: int
     body: bytes = b""
@@ -135,6 +146,7 @@ class CIStandIn:
         self._lock = threading.RLock()
         self._faults: list[Fault] = []
         self.requests: list[RecordedRequest] = []
+        self.answers: list[Answer] = []
         self._down: str | None = None  # None, "refuse" or "502"
         self._running = threading.Event()  # cleared while frozen
         self._running.set()
@@ -315,6 +327,10 @@ class CIStandIn:
                 self.send_response(response.status)
                 headers = dict(response.headers)
                 headers.setdefault("Content-Length", str(len(response.body)))
+                with stand_in._lock:
+                    stand_in.answers.append(
+                        Answer(request.method, request.path, response.status, headers, response.body)
+                    )
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
@@ -600,6 +616,8 @@ class WoodpeckerStandIn(CIStandIn):
     # --- the API --------------------------------------------------------------------------------
 
     def _fault_body(self, status: int) -> Response:
+        if status in (400, 401, 403, 404):
+            return Response(status)  # the repo routes' session middleware aborts with a bare status
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
