@@ -104,19 +104,8 @@ async def _open_following(
             return answer, url, auth, own
         answer.close()
         url = urljoin(url, location)
-        own = same_origin(url, client.base_url)
+        own = client.same_origin(url)
     raise CouldNotCheck(f"The registry {client.settings.registry_host} redirected {_path_of(url)} too many times.")
-
-
-def same_origin(url: str, base_url: str) -> bool:
-    """Whether `url` is on the registry's own scheme, host and port (credentials may go there)."""
-    ports = {"http": 80, "https": 443}
-    a, b = urlsplit(url), urlsplit(base_url)
-    return (a.scheme, a.hostname, a.port or ports.get(a.scheme)) == (
-        b.scheme,
-        b.hostname,
-        b.port or ports.get(b.scheme),
-    )
 
 
 def _path_of(url: str) -> str:
