@@ -49,6 +49,7 @@ test: lint typecheck pytest
 
 bench: setup peers
 	$(BIN)/python benchmarks/scan.py
+	$(BIN)/python benchmarks/deep.py
 	$(BIN)/python benchmarks/ack.py
 
 demo: setup peers

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Settings, load_settings
@@ -18,10 +18,12 @@ from bot.errors import UserFacingError
 
 if TYPE_CHECKING:
     from bot.refs import ImageRef
+    from bot.registry.blobs import DeepProgress
     from bot.registry.model import CheckResult
     from bot.registry.scan import ScanResult
 
 EXIT_INTACT, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
+DEEP_HELP = "also read and hash every layer, as a pull would (DEEP_CONCURRENCY, DEEP_RATE_LIMIT)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "reference", help="owner/name[:tag] (default :latest) or owner/name@sha256:<digest>, optionally host-prefixed"
     )
     check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.add_argument("--deep", action="store_true", help=DEEP_HELP)
 
     scan = commands.add_parser("scan", help="check every tag of every repository")
     scan.add_argument("--json", action="store_true", help="print one JSON object")
+    scan.add_argument("--deep", action="store_true", help=DEEP_HELP)
     scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
 
     commands.add_parser("serve", help="run the Slack bot")
@@ -115,7 +119,7 @@ def _check(args: argparse.Namespace) -> int:
             # Without a registry, a host prefix cannot be judged: the missing setting is the thing to fix.
         settings.require("registry_url")
         assert ref is not None
-        result = asyncio.run(_check_one(settings, ref))
+        result = asyncio.run(_check_one(settings, ref, args.deep))
     except UserFacingError as exc:
         result = CheckResult(
             reference=str(ref) if ref else args.reference[:200],
@@ -123,6 +127,7 @@ def _check(args: argparse.Namespace) -> int:
             status="error",
             error=str(exc),
         )
+    _clear_progress_line(args.deep)
     if ref is not None and ref.implied_note:
         result.note = ref.implied_note
     if args.json:
@@ -134,41 +139,65 @@ def _check(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-async def _check_one(settings: Settings, ref: ImageRef) -> CheckResult:
+async def _check_one(settings: Settings, ref: ImageRef, deep: bool) -> CheckResult:
     from bot.registry.integrity import IntegrityChecker
     from bot.registry.session import open_registry
     from bot.secrets import SecretResolver
 
     async with open_registry(settings, SecretResolver(settings)) as client:
-        return await IntegrityChecker(client).check(ref)
+        return await IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep)).check(ref)
+
+
+def _progress_line(deep: bool) -> Callable[[DeepProgress], None] | None:
+    """On a terminal, a deep check shows how far it got on stderr, one line rewritten in place."""
+    if not deep or not sys.stderr.isatty():
+        return None
+    from bot.registry.model import human_bytes
+
+    def show(progress: DeepProgress) -> None:
+        planned = f" of {human_bytes(progress.bytes_planned)}" if progress.bytes_planned else ""
+        rate = f"{human_bytes(round(progress.rate))}/s"
+        print(f"\rhashed {human_bytes(progress.bytes_verified)}{planned}, {rate}  ", end="", file=sys.stderr)
+
+    return show
+
+
+def _clear_progress_line(deep: bool) -> None:
+    if deep and sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
 
 
 def _scan(args: argparse.Namespace) -> int:
+    from bot.registry.model import human_bytes
+
     settings = load_settings()
     settings.require("registry_url")
     if args.tags_per_repo is not None and args.tags_per_repo < 0:
         print("registry-bot: --tags-per-repo must be 0 or more.", file=sys.stderr)
         return EXIT_ERROR
     try:
-        scan = asyncio.run(_scan_all(settings, args.tags_per_repo))
+        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep))
     except UserFacingError as exc:
+        _clear_progress_line(args.deep)
         if args.json:
             summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
             print(json.dumps({"results": [], "summary": summary}))
         else:
             print(f"COULD NOT SCAN {settings.registry_host}: {exc}")
         return EXIT_ERROR
+    _clear_progress_line(args.deep)
     if args.json:
         print(json.dumps(scan.to_json()))
         return scan.exit_code
     summary = scan.summary()
+    hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
     if scan.error:
         print(f"COULD NOT SCAN {scan.registry}: {scan.error}")
         return scan.exit_code
     print(
         f"{'BROKEN' if scan.broken else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
         f"{summary['repositories']} repositories, {summary['broken']} broken, {summary['errors']} not checked "
-        f"({summary['objects_checked']} objects, {summary['elapsed_ms']} ms, listed by {scan.listed_by})."
+        f"({summary['objects_checked']} objects{hashed}, {summary['elapsed_ms']} ms, listed by {scan.listed_by})."
     )
     for result in scan.results:
         if result.status != "intact":
@@ -178,13 +207,15 @@ def _scan(args: argparse.Namespace) -> int:
     return scan.exit_code
 
 
-async def _scan_all(settings: Settings, tags_per_repo: int | None) -> ScanResult:
+async def _scan_all(settings: Settings, tags_per_repo: int | None, deep: bool) -> ScanResult:
+    from bot.registry.integrity import IntegrityChecker
     from bot.registry.scan import scan_registry
     from bot.registry.session import open_registry
     from bot.secrets import SecretResolver
 
     async with open_registry(settings, SecretResolver(settings)) as client:
-        return await scan_registry(client, tags_per_repo=tags_per_repo)
+        checker = IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep))
+        return await scan_registry(client, tags_per_repo=tags_per_repo, checker=checker)
 
 
 def parse_duration(text: str) -> float:

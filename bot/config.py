@@ -77,6 +77,10 @@ class Settings:
     registry_timeout: float = _setting(10.0, "Seconds before one registry request times out.")
     registry_retries: int = _setting(3, "Attempts per request on 5xx, timeouts and connection errors.")
     registry_concurrency: int = _setting(32, "Registry requests in flight at once.")
+    deep_concurrency: int = _setting(4, "Layer downloads in flight at once in a deep check (`--deep`).")
+    deep_rate_limit: int = _setting(
+        0, "Bytes per second all of a deep check's downloads together may read (0: unlimited)."
+    )
     forgejo_owners: tuple[str, ...] = _setting(
         ("viktor",), "Forgejo owners whose container packages a scan lists when the catalog cannot serve."
     )
@@ -307,6 +311,8 @@ def _validate(settings: Settings) -> None:
     for name, allowed in choices.items():
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name.upper()} must be one of {', '.join(allowed)}, not '{getattr(settings, name)}'.")
-    for name in ("registry_timeout", "registry_retries", "registry_concurrency"):
+    for name in ("registry_timeout", "registry_retries", "registry_concurrency", "deep_concurrency"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name.upper()} must be positive.")
+    if settings.deep_rate_limit < 0:
+        raise ConfigError("DEEP_RATE_LIMIT must be 0 (unlimited) or a number of bytes per second.")

@@ -57,6 +57,7 @@ def test_a_child_manifest_file_gone_is_reported_with_its_platform(registry, push
             "http_status": 404,
             "reason": "missing",
             "detail": "MANIFEST_UNKNOWN",
+            "pull_impact": "fails",
         }
     ]
 

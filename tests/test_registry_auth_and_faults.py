@@ -119,11 +119,12 @@ def test_an_unexpected_status_on_a_blob_is_a_problem(forgejo, pusher, repo_name)
 
 
 def test_a_blob_whose_length_disagrees_is_a_size_mismatch(forgejo, pusher, repo_name):
+    # Layers are asked for with HEAD (configs are read: tests/test_deep.py covers their sizes).
     image = pusher.push_single(repo_name, "v1")
-    config = image.configs["linux/amd64"]
-    forgejo.tamper("HEAD", rf"/blobs/{config}$", headers={"Content-Length": "1"})
+    layer = image.layers["linux/amd64"][0]
+    forgejo.tamper("HEAD", rf"/blobs/{layer}$", headers={"Content-Length": "1"})
     result = asyncio.run(check(settings_for(forgejo), image.reference))
-    assert [(p.kind, p.reason) for p in result.problems] == [("config", "size_mismatch")]
+    assert [(p.kind, p.reason) for p in result.problems] == [("layer", "size_mismatch")]
 
 
 def test_passing_5xx_answers_are_retried(forgejo, pusher, repo_name):

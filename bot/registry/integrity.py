@@ -1,14 +1,15 @@
-"""The integrity walk: every manifest hashed, every index child fetched, every config and layer blob asked for.
+"""The integrity walk: every manifest hashed, every index child fetched, every config read and hashed, every
+layer asked for (and with `deep`, read and hashed).
 
 The probe in the cluster stops at index children; this walk goes down to the blobs, because a manifest's
 HEAD stays 200 when its layers are gone. Within one checker (one `check` or one scan) each manifest and
-blob is asked for once per repository, however many tags share it.
+blob is asked for once per repository, however many tags share it; blobs are in bot/registry/blobs.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from bot.errors import CouldNotCheck
 from bot.refs import ImageRef, validate_digest
+from bot.registry.blobs import HASHES, BlobChecker, DeepProgress, ProgressHook, lives_elsewhere
 from bot.registry.client import RegistryClient, RegistryFailing
 from bot.registry.media import (
     ACCEPT,
@@ -26,14 +28,7 @@ from bot.registry.media import (
 )
 from bot.registry.model import CheckResult, Kind, Problem
 
-NON_DISTRIBUTABLE = {
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-}
 MAX_INDEX_DEPTH = 4
-_HASHES = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
 
 @dataclass
@@ -44,19 +39,14 @@ class Outcome:
     objects: set[str] = field(default_factory=set)
     digest: str | None = None
     is_index: bool = False
+    verified: dict[str, int] = field(default_factory=dict)  # blob digest -> bytes that hashed to it
 
     def absorb(self, other: Outcome, platform: str | None) -> None:
         self.objects |= other.objects
+        self.verified |= other.verified
         for problem in other.problems:
             if platform and not problem.platform:
-                problem = Problem(
-                    problem.digest,
-                    problem.kind,
-                    problem.reason,
-                    problem.http_status,
-                    platform,
-                    problem.detail,
-                )
+                problem = dataclasses.replace(problem, platform=platform)
             self.problems.append(problem)
 
 
@@ -74,31 +64,59 @@ def platform_of(descriptor: dict[str, Any]) -> str | None:
 
 
 def digest_of(algorithm: str, body: bytes) -> str:
-    return f"{algorithm}:{_HASHES[algorithm](body).hexdigest()}"
+    return f"{algorithm}:{HASHES[algorithm](body).hexdigest()}"
 
 
 class IntegrityChecker:
-    """Checks images on one registry. Share one checker across a scan so shared objects are asked once."""
+    """Checks images on one registry. Share one checker across a scan so shared objects are asked once.
 
-    def __init__(self, client: RegistryClient) -> None:
+    `deep` reads and hashes every layer (once per run, however many repositories share it).
+    `on_progress(DeepProgress)` is told how far the hashing has got, at most every `progress_every` seconds
+    and when a check ends; it may return an awaitable (run as a task), and its failures never fail a check.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        *,
+        deep: bool = False,
+        on_progress: ProgressHook | None = None,
+        progress_every: float = 1.0,
+    ) -> None:
         self.client = client
+        self.deep = deep
+        self.blobs = BlobChecker(client, deep=deep, on_progress=on_progress, progress_every=progress_every)
         self._cache: dict[tuple[str, str, str], asyncio.Task[Outcome]] = {}
+
+    def progress(self) -> DeepProgress:
+        """How far this run's hashing has got (bytes, rate), whenever the caller wants to know."""
+        return self.blobs.meter.snapshot()
+
+    @property
+    def bytes_hashed(self) -> int:
+        """Bytes this run read and hashed, each shared blob once (a scan's total)."""
+        return self.blobs.meter.hashed
 
     async def check(self, ref: ImageRef, display: str | None = None) -> CheckResult:
         """Walk one image. Raises nothing for a broken image; returns status `error` when it could not check."""
         started = time.perf_counter()
-        result = CheckResult(reference=display or str(ref), registry=self.client.settings.registry_host, status="error")
+        result = CheckResult(
+            reference=display or str(ref), registry=self.client.settings.registry_host, status="error", deep=self.deep
+        )
         try:
             outcome = await self._manifest(ref.name, ref.reference, ref.digest, None, top=True, depth=0)
         except CouldNotCheck as exc:
             result.error = str(exc)
         else:
             result.digest = outcome.digest or ref.digest
-            result.problems = _dedupe(outcome.problems)
+            result.problems = _with_pull_impact(_dedupe(outcome.problems), outcome.is_index)
             result.objects_checked = len(outcome.objects)
+            result.bytes_verified = sum(outcome.verified.values())
             result.is_index = outcome.is_index
             result.status = "broken" if result.problems else "intact"
         result.elapsed_ms = round((time.perf_counter() - started) * 1000)
+        if self.deep:
+            self.blobs.meter.tell_if_changed()
         return result
 
     # --- manifests ------------------------------------------------------------------------------------
@@ -164,7 +182,7 @@ class IntegrityChecker:
         body = response.content
         header_digest = response.headers.get("Docker-Content-Digest", "").strip()
         algorithm = (expected_digest or header_digest or "sha256").split(":", 1)[0]
-        if algorithm not in _HASHES:
+        if algorithm not in HASHES:
             algorithm = "sha256"
         actual = digest_of(algorithm, body)
         outcome.digest = expected_digest or header_digest or actual
@@ -179,16 +197,8 @@ class IntegrityChecker:
                 Problem(header_digest, kind, "digest_mismatch", status, None, f"stored bytes hash to {actual}")
             )
         if expected_size is not None and len(body) != expected_size:
-            outcome.problems.append(
-                Problem(
-                    outcome.digest,
-                    kind,
-                    "size_mismatch",
-                    status,
-                    None,
-                    f"{len(body)} bytes, descriptor says {expected_size}",
-                )
-            )
+            detail = f"{len(body)} bytes, descriptor says {expected_size}"
+            outcome.problems.append(Problem(outcome.digest, kind, "size_mismatch", status, None, detail))
 
         document, media_type, invalid = _parse_manifest(body, response.headers.get("Content-Type", ""))
         if invalid:
@@ -198,9 +208,7 @@ class IntegrityChecker:
             outcome.is_index = True
             if top:
                 # A top-level index is reported as an index; its problems are the index's own.
-                outcome.problems = [
-                    Problem(p.digest, "index", p.reason, p.http_status, p.platform, p.detail) for p in outcome.problems
-                ]
+                outcome.problems = [dataclasses.replace(p, kind="index") for p in outcome.problems]
             await self._index_children(name, document, outcome, depth)
         else:
             await self._blobs(name, document, outcome)
@@ -248,8 +256,8 @@ class IntegrityChecker:
             if bad:
                 outcome.problems.append(Problem(outcome.digest or "", "manifest", "invalid_manifest", 200, None, bad))
                 continue
-            if descriptor.get("mediaType") in NON_DISTRIBUTABLE:
-                continue  # foreign layers live elsewhere by design
+            if kind == "layer" and lives_elsewhere(descriptor):
+                continue  # a foreign layer with `urls` lives elsewhere by design
             key = (name, "blob", str(descriptor["digest"]))
             checks.append(self._cached(key, _bind_blob(self, name, kind, descriptor)))
         for blob in await asyncio.gather(*checks):
@@ -257,36 +265,9 @@ class IntegrityChecker:
 
     async def _blob(self, name: str, kind: Kind, descriptor: dict[str, Any]) -> Outcome:
         digest = str(descriptor["digest"])
-        outcome = Outcome(digest=digest, objects={digest})
-        try:
-            response = await self.client.request("HEAD", f"/v2/{name}/blobs/{digest}", follow_redirects=True)
-        except RegistryFailing as exc:
-            outcome.problems.append(Problem(digest, kind, "unexpected_status", exc.http_status, None, "server error"))
-            return outcome
-        status = response.status_code
-        if status == 404:
-            outcome.problems.append(Problem(digest, kind, "missing", 404))
-        elif status == 403:
-            raise CouldNotCheck(
-                f"The registry {self.client.settings.registry_host} denied access to {name}'s blobs (HTTP 403)."
-            )
-        elif status == 429:
-            raise CouldNotCheck(f"The registry {self.client.settings.registry_host} is rate-limiting us (HTTP 429).")
-        elif status != 200:
-            outcome.problems.append(Problem(digest, kind, "unexpected_status", status))
-        else:
-            length = response.headers.get("Content-Length")
-            header_digest = response.headers.get("Docker-Content-Digest")
-            size = descriptor.get("size")
-            if header_digest and header_digest != digest:
-                outcome.problems.append(
-                    Problem(digest, kind, "digest_mismatch", status, None, f"registry says {header_digest}")
-                )
-            if length is not None and isinstance(size, int) and length.isdigit() and int(length) != size:
-                outcome.problems.append(
-                    Problem(digest, kind, "size_mismatch", status, None, f"{length} bytes, descriptor says {size}")
-                )
-        return outcome
+        finding = await self.blobs.check(name, kind, descriptor)
+        # A layer's finding is shared by every repository that links it: each outcome gets its own copies.
+        return Outcome(list(finding.problems), {digest}, digest, verified=dict(finding.verified))
 
 
 def _bind_blob(checker: IntegrityChecker, name: str, kind: Kind, descriptor: dict[str, Any]) -> Any:
@@ -344,6 +325,13 @@ def _error_code(response: Any) -> str:
         return str(errors[0].get("code", ""))[:40] if errors else ""
     except Exception:
         return ""
+
+
+def _with_pull_impact(problems: list[Problem], is_index: bool) -> list[Problem]:
+    """Problems that all lie under an index's attestation manifests leave every platform's pull working."""
+    if not (is_index and problems and all(p.platform == "attestation" for p in problems)):
+        return problems
+    return [dataclasses.replace(p, pull_impact="none") for p in problems]
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

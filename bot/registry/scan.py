@@ -31,6 +31,8 @@ class ScanResult:
     listed_by: str = "catalog"
     elapsed_ms: int = 0
     error: str | None = None
+    deep: bool = False
+    bytes_verified: int = 0  # bytes the run read and hashed, each shared blob once
 
     @property
     def broken(self) -> list[CheckResult]:
@@ -57,6 +59,8 @@ class ScanResult:
             "broken": len(self.broken),
             "errors": len(self.errors),
             "objects_checked": sum(r.objects_checked for r in self.results),
+            "bytes_verified": self.bytes_verified,
+            "deep": self.deep,
             "catalog_accessible": self.catalog_accessible,
             "listed_by": self.listed_by,
             "elapsed_ms": self.elapsed_ms,
@@ -136,7 +140,9 @@ async def scan_registry(
     client: RegistryClient,
     *,
     tags_per_repo: int | None = None,
+    checker: IntegrityChecker | None = None,
 ) -> ScanResult:
+    """`checker`: a deep one (IntegrityChecker(client, deep=True, on_progress=...)) for a deep scan."""
     started = time.perf_counter()
     result = ScanResult(registry=client.settings.registry_host)
     try:
@@ -147,7 +153,8 @@ async def scan_registry(
         result.elapsed_ms = round((time.perf_counter() - started) * 1000)
         return result
     result.repositories = len(repositories)
-    checker = IntegrityChecker(client)
+    checker = checker or IntegrityChecker(client)
+    result.deep = checker.deep
     gate = asyncio.Semaphore(TAGS_IN_FLIGHT)
 
     async def check_tag(name: str, tag: str) -> CheckResult:
@@ -177,5 +184,6 @@ async def scan_registry(
 
     for tag_results in await asyncio.gather(*(check_repository(name) for name in repositories)):
         result.results.extend(tag_results)
+    result.bytes_verified = checker.bytes_hashed
     result.elapsed_ms = round((time.perf_counter() - started) * 1000)
     return result
