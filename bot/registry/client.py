@@ -326,21 +326,30 @@ class RegistryClient:
             raise AuthFailed(self._auth_failed_message())
         if status != 200:
             raise CouldNotCheck(f"The registry's token service answered HTTP {status}; try again later.")
-        try:
-            body = json.loads(content)
-            value = body.get("token") or body["access_token"]
-        except (ValueError, KeyError, AttributeError):
-            raise CouldNotCheck("The registry's token service answered without a token.") from None
-        lifetime = body.get("expires_in")
-        expires = time.monotonic() + max(float(lifetime) - 30, 1) if lifetime else float("inf")
-        return _Token(str(value), expires)
+        return _token_from(content)
 
     def _auth_failed_message(self) -> str:
-        who = f"user '{self._username}'" if self._username else "anonymous access"
-        return (
-            f"Authentication failed: the registry {self.settings.registry_host} refused {who}; "
-            "check REGISTRY_USERNAME and the token (REGISTRY_PASSWORD or Vault)."
-        )
+        return auth_failed_message(self.settings.registry_host, self._username)
+
+
+def _token_from(content: bytes) -> _Token:
+    """A token service's answer: the token, valid until 30 s before it says it expires (forever if it is silent)."""
+    try:
+        body = json.loads(content)
+        value = body.get("token") or body["access_token"]
+    except (ValueError, KeyError, AttributeError):
+        raise CouldNotCheck("The registry's token service answered without a token.") from None
+    lifetime = body.get("expires_in")
+    expires = time.monotonic() + max(float(lifetime) - 30, 1) if lifetime else float("inf")
+    return _Token(str(value), expires)
+
+
+def auth_failed_message(host: str, username: str) -> str:
+    who = f"user '{username}'" if username else "anonymous access"
+    return (
+        f"Authentication failed: the registry {host} refused {who}; "
+        "check REGISTRY_USERNAME and the token (REGISTRY_PASSWORD or Vault)."
+    )
 
 
 def _elsewhere(settings: Settings, url: str) -> CouldNotCheck:
