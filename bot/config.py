@@ -81,6 +81,12 @@ class Settings:
     deep_rate_limit: int = _setting(
         0, "Bytes per second all of a deep check's downloads together may read (0: unlimited)."
     )
+    deep_max_bytes: int = _setting(
+        2 * 2**30, "Diagnose hashes every layer (a deep check) when the image's layers add up to at most this."
+    )
+    deep_scan_interval: float = _setting(
+        0.0, "Seconds between the leader's deep scans, which hash every layer (0 turns them off; 604800: weekly)."
+    )
     forgejo_owners: tuple[str, ...] = _setting(
         ("viktor",), "Forgejo owners whose container packages a scan lists when the catalog cannot serve."
     )
@@ -314,5 +320,7 @@ def _validate(settings: Settings) -> None:
     for name in ("registry_timeout", "registry_retries", "registry_concurrency", "deep_concurrency"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name.upper()} must be positive.")
+    if settings.deep_max_bytes < 0 or settings.deep_scan_interval < 0:
+        raise ConfigError("DEEP_MAX_BYTES and DEEP_SCAN_INTERVAL must be 0 or more.")
     if settings.deep_rate_limit < 0:
         raise ConfigError("DEEP_RATE_LIMIT must be 0 (unlimited) or a number of bytes per second.")

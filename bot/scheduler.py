@@ -76,17 +76,20 @@ class Leadership:
         replica: str,
         verify: Verify,
         probe: Callable[[], Awaitable[Any]],
+        deep_scan: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.replica = replica
         self.verify = verify
         self.probe = probe
+        self.deep_scan = deep_scan
         self.is_leader = False
         self.lease_seconds = max(settings.leader_lease_seconds, 3.0)
         self._runner: Any = None  # the leader's running scheduler
         self._writer: Any = None  # a paused scheduler every replica uses to add jobs
         self._probe: asyncio.Task[None] | None = None
+        self._deep: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         mode = settings.leader_election
         if mode == "auto":
@@ -179,31 +182,37 @@ class Leadership:
         metrics.IS_LEADER.set(1)
         self._runner = await self._scheduler(paused=False)
         if self.settings.scan_interval > 0:
-            self._probe = asyncio.create_task(self._probe_loop(), name="the bot's probe")
+            self._probe = asyncio.create_task(self._every(self.settings.scan_interval, self.probe), name="probe")
+        if self.settings.deep_scan_interval > 0 and self.deep_scan is not None:
+            interval = self.settings.deep_scan_interval
+            self._deep = asyncio.create_task(self._every(interval, self.deep_scan, first=interval), name="deep scan")
 
     async def _step_down(self) -> None:
         self.is_leader = False
         metrics.IS_LEADER.set(0)
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        for task in (self._probe, self._deep):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._probe = self._deep = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await asyncio.to_thread(runner.shutdown, False)
         metrics.clear_probe_gauges()
 
-    async def _probe_loop(self) -> None:
+    async def _every(self, interval: float, work: Callable[[], Awaitable[Any]], first: float = 0.0) -> None:
+        """The leader's periodic work (the probe, the deep scan): one run at a time, `interval` apart."""
+        await asyncio.sleep(first)
         while True:
             started = time.monotonic()
             try:
-                await self.probe()
+                await work()
             except UserFacingError as exc:
-                log.warning("the bot's probe could not run: %s", exc)
+                log.warning("the bot's periodic scan could not run: %s", exc)
             except Exception:
-                log.exception("the bot's probe failed")
-            await asyncio.sleep(max(self.settings.scan_interval - (time.monotonic() - started), 1.0))
+                log.exception("the bot's periodic scan failed")
+            await asyncio.sleep(max(interval - (time.monotonic() - started), 1.0))
 
 
 class KubeLease:

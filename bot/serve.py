@@ -78,6 +78,7 @@ class Parts:
 
 async def compose(settings: Settings) -> Parts:
     """The composition root: every part built once here and handed what it uses."""
+    from bot.engine.commands import Commands
     from bot.engine.intake import Intake
     from bot.engine.ports import Supervisor
     from bot.engine.recovery import Recovery
@@ -113,7 +114,10 @@ async def compose(settings: Settings) -> Parts:
     async def probe() -> None:
         await intake.probe_once()
 
-    leadership = Leadership(settings, store, kube, replica, verify, probe)
+    async def deep_scan() -> None:
+        await intake.deep_scan_once()
+
+    leadership = Leadership(settings, store, kube, replica, verify, probe, deep_scan)
     runner = Runner(
         settings,
         store,
@@ -127,8 +131,9 @@ async def compose(settings: Settings) -> Parts:
     )
     intake = Intake(settings, store, notifier, supervisor, runner, kube=kube, secrets=secret_resolver)
     recovery = Recovery(settings, store, notifier, supervisor, runner, lambda: leadership.is_leader)
-    clicks = Clicks(settings, store, slack, notifier, intake, Requests(settings, store, notifier, runner))
-    bolt = SlackApp(settings, store, slack, supervisor, intake, clicks).build()
+    commands = Commands(settings, store, notifier, supervisor, intake, secret_resolver)
+    clicks = Clicks(settings, store, slack, notifier, commands, Requests(settings, store, notifier, runner))
+    bolt = SlackApp(settings, store, slack, supervisor, commands, clicks).build()
     web = build_web(settings, store, intake, bolt, leadership.role, replica)
     return Parts(replica, store, slack, supervisor, leadership, recovery, bolt, web)
 

@@ -20,6 +20,7 @@ from bot.incidents.models import Incident, InfoAlert
 from bot.incidents.store import Store
 from bot.integrations.kube import Kube
 from bot.refs import ImageRef, parse_reference
+from bot.registry.blobs import ProgressHook
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
 from bot.registry.scan import ScanResult, scan_registry
@@ -28,6 +29,7 @@ from bot.secrets import SecretResolver
 
 log = logging.getLogger(__name__)
 CONFIRM_AFTER = 1.0  # seconds before a tag a scan found broken is walked again
+PROGRESS_EVERY = 5.0  # seconds between progress reports of a deep check
 
 
 class Intake:
@@ -55,9 +57,12 @@ class Intake:
 
     # --- the registry ------------------------------------------------------------------------------------
 
-    async def check(self, ref: ImageRef, display: str) -> CheckResult:
+    async def check(
+        self, ref: ImageRef, display: str, deep: bool = False, on_progress: ProgressHook | None = None
+    ) -> CheckResult:
         async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
-            return await IntegrityChecker(client).check(ref, display=display)
+            checker = IntegrityChecker(client, deep=deep, on_progress=on_progress, progress_every=PROGRESS_EVERY)
+            return await checker.check(ref, display=display)
 
     async def scan(self) -> ScanResult:
         """One scan of the registry at a time, process-wide: a scan asked for while one runs joins it."""
@@ -65,15 +70,25 @@ class Intake:
             self._scan = asyncio.ensure_future(self._scan_once())
         return await asyncio.shield(self._scan)
 
-    async def _scan_once(self) -> ScanResult:
+    async def _scan_once(self, deep: bool = False) -> ScanResult:
         async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
-            return await scan_registry(client)
+            checker = IntegrityChecker(client, deep=True) if deep else None
+            return await scan_registry(client, checker=checker)
+
+    async def deep_scan_once(self) -> ScanResult:
+        """Every tag walked and every layer hashed (DEEP_RATE_LIMIT paces it); incidents for what broke."""
+        scan = await self._scan_once(deep=True)
+        summary = scan.summary()
+        log.info("deep scan: %s", {k: summary.get(k) for k in ("tags", "broken", "errors", "elapsed_ms")})
+        await self.report_scan(scan, "deep_scan")
+        return scan
 
     async def confirm_broken(self, result: CheckResult) -> CheckResult | None:
-        """Walk a tag a scan found broken once more, fresh, a moment later: a passing 5xx opens no incident."""
+        """Walk a tag a scan found broken once more, fresh, a moment later: a passing 5xx opens no incident.
+        A deep scan's finding is confirmed by a deep walk (only reading the bytes can see them wrong)."""
         await asyncio.sleep(CONFIRM_AFTER)
         name, _, tag = result.reference.rpartition(":")
-        again = await self.check(ImageRef(name=name, tag=tag), result.reference)
+        again = await self.check(ImageRef(name=name, tag=tag), result.reference, deep=result.deep)
         if again.status != "broken":
             log.info("%s looked broken in the scan but is %s on a second look", result.reference, again.status)
             return None
@@ -210,56 +225,6 @@ class Intake:
                     incident, f"ℹ️ Alertmanager: {alert.name} {alert.status} for {self.settings.instance}."
                 )
                 await self.audit("alert", alert.status, incident_id=incident.id, detail=alert.name)
-
-    # --- commands ----------------------------------------------------------------------------------------
-
-    async def command_check(self, ref: ImageRef, user: str, channel: str) -> None:
-        if ref.tag and ref.digest and (moved := await self._tag_elsewhere(ref)):
-            await self.notifier.tell(
-                channel,
-                user,
-                f"🚫 {ref.name}:{ref.tag} points at {moved[:19]}…, not {ref.digest[:19]}…; "
-                "check the tag or the digest alone.",
-            )
-            return
-        display = str(ref)  # with a tag and a digest, the verdict names both: the digest is what is walked
-        result = await self.check(ref, display)
-        result.note = ref.implied_note
-        await self.audit("check", result.status, user=user, detail=display)
-        by_tag = ref.tag is not None and ref.digest is None
-        if result.status == "broken" and by_tag:
-            incident = await self.report_broken(result, "command", user)
-            if channel != incident.channel:
-                await self.notifier.broken_elsewhere(channel, user, incident)
-            return
-        if result.status == "error":
-            await self.notifier.tell(channel, user, f"⚠️ {result.verdict()}")
-            return
-        await self.notifier.check_verdict(channel, user, result)
-        if by_tag:
-            open_incident = await asyncio.to_thread(self.store.find_open, self.settings.registry_host, display)
-            if open_incident is not None and result.status == "intact":
-                await self.notifier.check_intact_now(open_incident, user)
-
-    async def _tag_elsewhere(self, ref: ImageRef) -> str | None:
-        """The digest `ref`'s tag points at now, when that is not the digest `ref` names."""
-        assert ref.tag is not None
-        try:
-            async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
-                current = await client.resolve_digest(ref.name, ref.tag)
-        except UserFacingError:
-            return None  # the check itself will say why the registry cannot be asked
-        return current if current and current != ref.digest else None
-
-    async def command_scan(self, user: str | None, channel: str) -> ScanResult:
-        scan = await self.scan()
-        await self.audit("scan", "error" if scan.error else f"{len(scan.broken)} broken", user=user)
-        await self.notifier.scan_summary(channel, user, scan)
-        await self.report_scan(scan, "scan", user)
-        return scan
-
-    async def open_incidents(self) -> list[Incident]:
-        return await asyncio.to_thread(self.store.list_open)
 
     # --- the bot's own probe -----------------------------------------------------------------------------
 

@@ -69,6 +69,9 @@ class Notifier(Protocol):
         ended: bool = False,
     ) -> None: ...
     async def tell(self, channel: str, user: str, text: str) -> None: ...
+    def live_message(self, channel: str, heading: str) -> RunProgress:
+        """A message in `channel` that shows long work's progress, edited as it goes."""
+        ...
 
 
 class VerificationScheduler(Protocol):

@@ -159,6 +159,7 @@ class BlobChecker:
         self._gate = asyncio.Semaphore(client.settings.deep_concurrency)
         self._pace = RateLimit(client.settings.deep_rate_limit)
         self._content: dict[str, asyncio.Task[BlobFinding]] = {}
+        self.layer_sizes: dict[str, int] = {}  # every layer the walk met, by digest: what a deep check would read
 
     @property
     def host(self) -> str:
@@ -169,6 +170,8 @@ class BlobChecker:
         if kind == "config":
             return await self._read(name, kind, descriptor, limit=MAX_CONFIG_BYTES, paced=False)
         finding = await self._head(name, kind, descriptor)
+        if isinstance(descriptor.get("size"), int):
+            self.layer_sizes[str(descriptor["digest"])] = descriptor["size"]
         if not self.deep or finding.problems:
             return finding
         digest = str(descriptor["digest"])

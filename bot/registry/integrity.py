@@ -93,6 +93,11 @@ class IntegrityChecker:
         return self.blobs.meter.snapshot()
 
     @property
+    def layer_bytes(self) -> int:
+        """Bytes of the distinct layers this run met: what hashing them all would read."""
+        return sum(self.blobs.layer_sizes.values())
+
+    @property
     def bytes_hashed(self) -> int:
         """Bytes this run read and hashed, each shared blob once (a scan's total)."""
         return self.blobs.meter.hashed

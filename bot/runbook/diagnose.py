@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 from bot.errors import UserFacingError
 from bot.incidents.lifecycle import StepState
+from bot.incidents.models import Incident
 from bot.integrations.kube import Workload
 from bot.refs import ImageRef
+from bot.registry.blobs import DeepProgress
 from bot.registry.integrity import IntegrityChecker
-from bot.registry.model import CheckResult
+from bot.registry.model import CheckResult, human_bytes
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
+
+DEEP_PROGRESS_EVERY = 5.0  # seconds between progress edits of a deep check
 
 
 def image_digests(incident_digest: str | None, result: CheckResult | None) -> frozenset[str]:
@@ -20,16 +27,64 @@ def image_digests(incident_digest: str | None, result: CheckResult | None) -> fr
 
 
 async def check_image(ctx: PhaseContext) -> CheckResult:
+    """The full check; a deep one when the incident is about a layer's bytes, which only a read can see."""
     incident = ctx.incident
     async with ctx.registry() as client:
-        return await IntegrityChecker(client).check(ImageRef(incident.name, incident.tag), display=incident.image)
+        checker = IntegrityChecker(client, deep=layer_bytes_were_wrong(incident))
+        return await checker.check(ImageRef(incident.name, incident.tag), display=incident.image)
+
+
+def layer_bytes_were_wrong(incident: Incident) -> bool:
+    problems = json.loads(incident.problems or "[]")
+    return any(p.get("kind") == "layer" and p.get("reason") == "digest_mismatch" for p in problems)
+
+
+async def check_to_the_bytes(ctx: PhaseContext, progress: Progress) -> CheckResult:
+    """The full check; then, when the image's layers add up to at most DEEP_MAX_BYTES, the same walk hashing
+    every layer (a pull would refuse a layer whose bytes are wrong, and only a read finds it)."""
+    incident, limit = ctx.incident, ctx.settings.deep_max_bytes
+    async with ctx.registry() as client:
+        checker = IntegrityChecker(client)
+        result = await checker.check(incident.ref, display=incident.image)
+        size = checker.layer_bytes
+        if result.status == "error" or not size:
+            return result
+        if size > limit:
+            await progress.step(
+                "deep",
+                f"Layers add up to {human_bytes(size)}, over DEEP_MAX_BYTES ({human_bytes(limit)}): not hashed; "
+                "`/registry check --deep` hashes them",
+                StepState.SKIPPED,
+            )
+            return result
+        await progress.step("deep", f"Hashing every layer ({human_bytes(size)})…")
+        shown: set[asyncio.Task[None]] = set()
+
+        def show(done: DeepProgress) -> None:
+            text = f"Hashing every layer: {human_bytes(done.bytes_verified)} of {human_bytes(size)}"
+            task = asyncio.ensure_future(progress.step("deep", f"{text}, {human_bytes(round(done.rate))}/s"))
+            shown.add(task)
+            task.add_done_callback(shown.discard)
+
+        deep = IntegrityChecker(client, deep=True, on_progress=show, progress_every=DEEP_PROGRESS_EVERY)
+        hashed = await deep.check(incident.ref, display=incident.image)
+    if hashed.status == "error":
+        await progress.step("deep", f"Could not hash the layers: {hashed.error}", StepState.WARNING)
+        return result
+    if hashed.status == "intact":
+        await progress.step(
+            "deep", f"Deep check: {human_bytes(hashed.bytes_verified)} hashed, all match", StepState.DONE
+        )
+    else:
+        await progress.step("deep", "Deep check: stored bytes do not match their digests", StepState.FAILED)
+    return hashed
 
 
 async def diagnose(ctx: PhaseContext, progress: Progress) -> PhaseResult:
     incident = ctx.incident
     await progress.step("check", f"Checking `{incident.image}` down to every blob…")
     try:
-        result = await check_image(ctx)
+        result = await check_to_the_bytes(ctx, progress)
     except UserFacingError as exc:
         await progress.step("check", f"Could not check: {exc}", StepState.FAILED)
         return PhaseResult.failed(f"Could not check the image: {exc}")

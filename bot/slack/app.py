@@ -19,7 +19,7 @@ from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.engine.intake import Intake
+from bot.engine.commands import Commands
 from bot.engine.ports import Supervisor
 from bot.errors import BadReference
 from bot.incidents.lifecycle import PHASES, PhaseSpec
@@ -46,14 +46,14 @@ class SlackApp:
         store: Store,
         slack: SlackGateway,
         supervisor: Supervisor,
-        intake: Intake,
+        commands: Commands,
         clicks: Clicks,
     ) -> None:
         self.settings = settings
         self.store = store
         self.slack = slack
         self.supervisor = supervisor
-        self.intake = intake
+        self.commands = commands
         self.clicks = clicks
         self.phase_work = asyncio.Semaphore(PHASE_WORK)
         self.check_work = asyncio.Semaphore(CHECK_WORK)
@@ -154,28 +154,30 @@ class SlackApp:
         sub = words[0].lower() if words else ""
         delivery = f"command:{command.get('trigger_id') or command.get('api_app_id')}:{user}:{text[:100]}"
         if sub == "check":
-            if len(words) != 2:
-                await ack(
-                    response_type="ephemeral", text="Usage: `/registry check owner/name:tag` (or @sha256:<digest>)."
-                )
+            deep = "--deep" in words[1:]
+            given = [w for w in words[1:] if w != "--deep"]
+            if len(given) != 1:
+                usage = "Usage: `/registry check [--deep] owner/name:tag` (or @sha256:<digest>)."
+                await ack(response_type="ephemeral", text=usage)
                 return
             try:
-                ref = parse_reference(words[1], self.settings.all_registry_hosts)
+                ref = parse_reference(given[0], self.settings.all_registry_hosts)
             except BadReference as exc:
                 await ack(response_type="ephemeral", text=f"🚫 {blocks.escape(str(exc))}")
                 return
             if self.at_check_limit(user):
                 await ack(response_type="ephemeral", text=self.busy_text())
                 return
-            await ack(response_type="ephemeral", text=f"🔎 Checking `{blocks.escape(str(ref))}`…")
-            work = self.once(delivery, self.intake.command_check(ref, user, channel))
+            how = ", hashing every layer" if deep else ""
+            await ack(response_type="ephemeral", text=f"🔎 Checking `{blocks.escape(str(ref))}`{how}…")
+            work = self.once(delivery, self.commands.command_check(ref, user, channel, deep))
             self.check_work_for(user, work, f"check {ref}", channel)
         elif sub == "scan" and len(words) == 1:
             if self.at_check_limit(user):
                 await ack(response_type="ephemeral", text=self.busy_text())
                 return
             await ack(response_type="ephemeral", text="🔎 Scanning every tag of every repository…")
-            self.check_work_for(user, self.once(delivery, self.intake.command_scan(user, channel)), "scan", channel)
+            self.check_work_for(user, self.once(delivery, self.commands.command_scan(user, channel)), "scan", channel)
         elif sub == "status" and len(words) == 1:
             await ack(response_type="ephemeral", text="Looking up open incidents…")
             self.work(self.once(delivery, self._status(user, channel)), "status", channel, user, None)
@@ -183,5 +185,5 @@ class SlackApp:
             await ack(response_type="ephemeral", text=blocks.USAGE)
 
     async def _status(self, user: str, channel: str) -> None:
-        incidents = await self.intake.open_incidents()
+        incidents = await self.commands.open_incidents()
         await self.slack.ephemeral(channel, user, blocks.status_list(incidents, self.slack.permalink))

@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.incidents import lifecycle
 from bot.incidents.lifecycle import Phase, State, StepState
 from bot.incidents.models import ApprovalRequest, Incident, PhaseRun
-from bot.registry.model import CheckResult, Problem, short_digest
+from bot.registry.model import ATTESTATION_ONLY, CheckResult, Problem, short_digest
 from bot.registry.scan import ScanResult
 from bot.runbook.base import Link, Step
 from bot.slack.limits import BUTTON_TEXT, CONTEXT_TEXT, SECTION_TEXT, clip, head_lines, tail_lines
@@ -108,6 +108,8 @@ def problem_summary(problems: Sequence[Problem], objects_checked: int) -> str:
         return "No problems found."
     bad = len({p.digest for p in problems})
     head = f"{bad} of {objects_checked} objects have problems"
+    if all(p.pull_impact == "none" for p in problems):
+        head += f" ({ATTESTATION_ONLY})"
     lines = [f"• `{escape(clip(p.summary(), 300))}`" for p in problems[:MAX_PROBLEM_LINES]]
     if len(problems) > MAX_PROBLEM_LINES:
         lines.append(f"• …and {len(problems) - MAX_PROBLEM_LINES} more")
@@ -124,6 +126,7 @@ def source_text(incident: Incident) -> str:
         "alert": "Alertmanager: RegistryManifestIntegrityFailure",
         "scan": "the bot's scan",
         "probe": "the bot's periodic probe",
+        "deep_scan": "the bot's deep scan (every layer hashed)",
         "command": f"`/registry check`{who}",
     }.get(incident.source, escape(incident.source)) + ("" if incident.source == "command" else who)
 
@@ -374,6 +377,7 @@ def node_offer(incident_id: int, nodes: Sequence[str]) -> tuple[str, Blocks]:
 USAGE = (
     "*registry-bot* — `/registry <command>`\n"
     "• `/registry check owner/name:tag` (or `@sha256:<digest>`): check one image, down to every blob\n"
+    "• `/registry check --deep owner/name:tag`: the same, reading and hashing every layer\n"
     "• `/registry scan`: check every tag of every repository\n"
     "• `/registry status`: open incidents, with links\n"
     "• `/registry help`: this text"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import Settings
-from bot.engine.intake import Intake
+from bot.engine.commands import Commands
 from bot.engine.ports import Audit
 from bot.engine.requests import AwaitingApproval, Decision, Denied, Refused, Requests
 from bot.engine.runner import Busy, Started
@@ -74,14 +74,14 @@ class Clicks:
         store: Store,
         slack: SlackGateway,
         notifier: SlackNotifier,
-        intake: Intake,
+        commands: Commands,
         requests: Requests,
     ) -> None:
         self.settings = settings
         self.store = store
         self.slack = slack
         self.notifier = notifier
-        self.intake = intake
+        self.commands = commands
         self.requests = requests
         self.guard = Guard(settings, slack)
         self.audit = Audit(store)
@@ -178,7 +178,7 @@ class Clicks:
         if not await self.first_delivery(click):
             return
         await self.audit("check_now", "requested", user=click.user)
-        await self.intake.command_scan(click.user, click.channel)
+        await self.commands.command_scan(click.user, click.channel)
 
     async def unknown(self, click: Click) -> None:
         if await self.first_delivery(click):

@@ -138,6 +138,9 @@ class SlackNotifier:
         text, message = blocks.info_alert(alertname, instance, summary, count, note, ended)
         await self.slack.update(channel, ts, text, message)
 
+    def live_message(self, channel: str, heading: str) -> RunProgress:
+        return SlackProgress(self.slack, channel, "", escape(heading))
+
     async def tell(self, channel: str, user: str, text: str) -> None:
         await self.slack.ephemeral(channel, user, escape(text))
 
