@@ -278,7 +278,7 @@ def _settings(args: argparse.Namespace) -> int:
         print("| Setting | Default | Meaning |")
         print("|---|---|---|")
     for f in setting_fields():
-        if f.name == "images":
+        if f.name in ("images", "registries"):
             continue
         doc = str(f.metadata.get("doc", ""))
         if args.markdown:
@@ -294,7 +294,26 @@ def _settings(args: argparse.Namespace) -> int:
             print(f"| `{f.name.upper()}` | {default} | {doc}{source} |")
         else:
             print(f"{f.name.upper()}={_show(getattr(current, f.name), markdown=False)}")
+    _show_registries(current, args.markdown)
     return 0
+
+
+def _show_registries(current: Settings, markdown: bool) -> None:
+    """The registries: each entry's keys (markdown: the table of keys an entry of `registries:` may have)."""
+    from bot.registry.registries import KEYS, registry_list
+
+    if markdown:
+        print()
+        print("| `registries:` key | Meaning |")
+        print("|---|---|")
+        for key, meaning in KEYS.items():
+            print(f"| `{key}` | {meaning}. |")
+        return
+    entries = registry_list(current)
+    source = "the config file's registries" if current.registries else "REGISTRY_URL and its friends"
+    print(f"REGISTRIES={len(entries)} ({source}; the first is the default for references without a host)")
+    for index, entry in enumerate(entries, start=1):
+        print(f"REGISTRIES[{index}]={entry.describe()}")
 
 
 def _show(value: Any, markdown: bool = True) -> str:
