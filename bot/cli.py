@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from bot.refs import ImageRef
     from bot.registry.blobs import DeepProgress
     from bot.registry.model import CheckResult
+    from bot.registry.registries import RegistryConfig
     from bot.registry.scan import ScanResult
 
 EXIT_INTACT, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", action="store_true", help="print one JSON object")
     scan.add_argument("--deep", action="store_true", help=DEEP_HELP)
     scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
+    scan.add_argument(
+        "--registry", action="append", metavar="HOST", help="only this registry (by host; may be repeated)"
+    )
 
     commands.add_parser("serve", help="run the Slack bot")
 
@@ -106,24 +110,29 @@ def _check(args: argparse.Namespace) -> int:
     from bot.errors import BadReference
     from bot.refs import parse_reference
     from bot.registry.model import CheckResult
+    from bot.registry.registries import all_hosts, for_host, registry_list
 
     settings: Settings | None = None
     ref: ImageRef | None = None
+    entry: RegistryConfig | None = None
     try:
         settings = load_settings()
         try:
-            ref = parse_reference(args.reference, settings.all_registry_hosts)
+            ref = parse_reference(args.reference, all_hosts(settings))
         except BadReference:
-            if settings.registry_url:
+            if registry_list(settings):
                 raise
             # Without a registry, a host prefix cannot be judged: the missing setting is the thing to fix.
-        settings.require("registry_url")
+        if not registry_list(settings):
+            settings.require("registry_url")
         assert ref is not None
-        result = asyncio.run(_check_one(settings, ref, args.deep))
+        entry = for_host(settings, ref.host)  # the reference's host names it: parse_reference refused others
+        assert entry is not None
+        result = asyncio.run(_check_one(settings, entry, ref, args.deep))
     except UserFacingError as exc:
         result = CheckResult(
             reference=str(ref) if ref else args.reference[:200],
-            registry=settings.registry_host if settings else "",
+            registry=entry.host if entry else "",
             status="error",
             error=str(exc),
         )
@@ -133,18 +142,26 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     else:
-        print(result.verdict())
-        for problem in result.problems:
-            print(f"  {problem.summary()}")
+        _print_verdict(result, entry)
     return result.exit_code
 
 
-async def _check_one(settings: Settings, ref: ImageRef, deep: bool) -> CheckResult:
+def _print_verdict(result: CheckResult, entry: RegistryConfig | None) -> None:
+    from bot.registry.ghcr import retention_hint
+
+    print(result.verdict())
+    for problem in result.problems:
+        print(f"  {problem.summary()}")
+    if entry is not None and (hint := retention_hint(entry.kind, result)):
+        print(f"  {hint}")
+
+
+async def _check_one(settings: Settings, entry: RegistryConfig, ref: ImageRef, deep: bool) -> CheckResult:
     from bot.registry.integrity import IntegrityChecker
     from bot.registry.session import open_registry
     from bot.secrets import SecretResolver
 
-    async with open_registry(settings, SecretResolver(settings)) as client:
+    async with open_registry(settings, SecretResolver(settings), registry=entry) as client:
         return await IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep)).check(ref)
 
 
@@ -168,32 +185,42 @@ def _clear_progress_line(deep: bool) -> None:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from bot.registry.model import human_bytes
+    from bot.registry.multiscan import exit_code, select_registries, to_json
 
     settings = load_settings()
-    settings.require("registry_url")
     if args.tags_per_repo is not None and args.tags_per_repo < 0:
         print("registry-bot: --tags-per-repo must be 0 or more.", file=sys.stderr)
         return EXIT_ERROR
+    entries = select_registries(settings, args.registry)
+    if not entries:
+        settings.require("registry_url")
     try:
-        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep))
+        scans = asyncio.run(_scan_all(settings, entries, args.tags_per_repo, args.deep))
     except UserFacingError as exc:
         _clear_progress_line(args.deep)
+        hosts = ",".join(entry.host for entry in entries)
         if args.json:
-            summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
-            print(json.dumps({"results": [], "summary": summary}))
+            print(json.dumps({"results": [], "summary": {"registry": hosts, "status": "error", "error": str(exc)}}))
         else:
-            print(f"COULD NOT SCAN {settings.registry_host}: {exc}")
+            print(f"COULD NOT SCAN {hosts}: {exc}")
         return EXIT_ERROR
     _clear_progress_line(args.deep)
     if args.json:
-        print(json.dumps(scan.to_json()))
-        return scan.exit_code
-    summary = scan.summary()
-    hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
+        print(json.dumps(to_json(scans)))
+        return exit_code(scans)
+    for scan, entry in zip(scans, entries, strict=True):
+        _print_scan(scan, entry)
+    return exit_code(scans)
+
+
+def _print_scan(scan: ScanResult, entry: RegistryConfig) -> None:
+    from bot.registry.model import human_bytes
+
     if scan.error:
         print(f"COULD NOT SCAN {scan.registry}: {scan.error}")
-        return scan.exit_code
+        return
+    summary = scan.summary()
+    hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
     print(
         f"{'BROKEN' if scan.broken else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
         f"{summary['repositories']} repositories, {summary['broken']} broken, {summary['errors']} not checked "
@@ -201,21 +228,19 @@ def _scan(args: argparse.Namespace) -> int:
     )
     for result in scan.results:
         if result.status != "intact":
-            print(result.verdict())
-            for problem in result.problems:
-                print(f"  {problem.summary()}")
-    return scan.exit_code
+            _print_verdict(result, entry)
 
 
-async def _scan_all(settings: Settings, tags_per_repo: int | None, deep: bool) -> ScanResult:
-    from bot.registry.integrity import IntegrityChecker
-    from bot.registry.scan import scan_registry
-    from bot.registry.session import open_registry
+async def _scan_all(
+    settings: Settings, entries: tuple[RegistryConfig, ...], tags_per_repo: int | None, deep: bool
+) -> list[ScanResult]:
+    from bot.registry.multiscan import scan_registries
     from bot.secrets import SecretResolver
 
-    async with open_registry(settings, SecretResolver(settings)) as client:
-        checker = IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep))
-        return await scan_registry(client, tags_per_repo=tags_per_repo, checker=checker)
+    progress = _progress_line(deep) if len(entries) == 1 else None  # one terminal line: one registry's
+    return await scan_registries(
+        settings, SecretResolver(settings), entries, tags_per_repo=tags_per_repo, deep=deep, on_progress=progress
+    )
 
 
 def parse_duration(text: str) -> float:

@@ -183,6 +183,12 @@ def for_instance(settings: Settings, instance: str) -> RegistryConfig | None:
     return next((entry for entry in registry_list(settings) if entry.label == instance), None)
 
 
+def view_for_host(settings: Settings, host: str) -> Settings | None:
+    """The settings as the registry `host` reads them (an incident's registry); None when none is configured."""
+    entry = for_host(settings, host) if host else None
+    return entry.view(settings) if entry is not None else None
+
+
 def require_registry(settings: Settings) -> tuple[RegistryConfig, ...]:
     entries = registry_list(settings)
     if not entries:

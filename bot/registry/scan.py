@@ -105,7 +105,11 @@ async def _paged(client: RegistryClient, path: str, params: dict[str, str], key:
 
 
 async def list_repositories(client: RegistryClient) -> tuple[list[str], str]:
-    """Every repository name, and where the list came from ('catalog' or 'packages API')."""
+    """Every repository name, and where the list came from ('catalog', 'packages API', 'GitHub packages API')."""
+    if client.settings.registry_kind == "ghcr":  # ghcr.io has no catalog
+        from bot.registry.ghcr import list_repositories as list_ghcr
+
+        return await list_ghcr(client), "GitHub packages API"
     try:
         return await _paged(client, "/v2/_catalog", {"n": str(PAGE_SIZE)}, "repositories"), "catalog"
     except CouldNotCheck:

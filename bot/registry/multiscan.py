@@ -1,0 +1,84 @@
+"""A scan of several registries at once: `scan_registry` per registry, concurrently, each with its own client
+(connection pool, concurrency, credentials), so a slow registry never stalls another."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from bot.config import Settings
+from bot.errors import UserFacingError
+from bot.registry.blobs import ProgressHook
+from bot.registry.integrity import IntegrityChecker
+from bot.registry.registries import RegistryConfig, registry_list
+from bot.registry.scan import ScanResult, scan_registry
+from bot.registry.session import RegistryObserver, open_registry
+from bot.secrets import SecretResolver
+
+
+def select_registries(settings: Settings, hosts: Sequence[str] | None) -> tuple[RegistryConfig, ...]:
+    """The registries `--registry HOST` names (every one without it); UserFacingError for a host none has."""
+    entries = registry_list(settings)
+    if not hosts:
+        return entries
+    chosen: list[RegistryConfig] = []
+    for host in hosts:
+        entry = next((e for e in entries if host.strip().lower() in e.all_hosts), None)
+        if entry is None:
+            named = ", ".join(e.host for e in entries) or "none configured"
+            raise UserFacingError(f"'{host[:100]}' is none of this bot's registries ({named}).")
+        if entry not in chosen:
+            chosen.append(entry)
+    return tuple(chosen)
+
+
+async def scan_registries(
+    settings: Settings,
+    secrets: SecretResolver,
+    entries: Sequence[RegistryConfig],
+    *,
+    observer: RegistryObserver | None = None,
+    tags_per_repo: int | None = None,
+    deep: bool = False,
+    on_progress: ProgressHook | None = None,
+) -> list[ScanResult]:
+    """One ScanResult per registry, in the order given. A registry that cannot be asked at all (its secret
+    unavailable, its login refused) is a ScanResult with `error`; the others go on."""
+
+    async def one(entry: RegistryConfig) -> ScanResult:
+        try:
+            async with open_registry(settings, secrets, observer, entry) as client:
+                checker = IntegrityChecker(client, deep=deep, on_progress=on_progress)
+                return await scan_registry(client, tags_per_repo=tags_per_repo, checker=checker)
+        except UserFacingError as exc:
+            return ScanResult(registry=entry.host, catalog_accessible=False, error=str(exc), deep=deep)
+
+    return list(await asyncio.gather(*(one(entry) for entry in entries)))
+
+
+def exit_code(scans: Sequence[ScanResult]) -> int:
+    """2 when a registry could not be scanned, else 1 when any is broken, else 0."""
+    return max((scan.exit_code for scan in scans), default=0)
+
+
+def to_json(scans: Sequence[ScanResult]) -> dict[str, Any]:
+    """One registry: its scan's JSON as it always was. Several: every result (each names its registry),
+    a `summary` adding them up, and `registries` with each one's summary."""
+    if len(scans) == 1:
+        return scans[0].to_json()
+    summaries = [scan.summary() for scan in scans]
+    counted = ("repositories", "tags", "indexes", "intact", "broken", "errors", "objects_checked", "bytes_verified")
+    total: dict[str, Any] = {key: sum(s[key] for s in summaries if key in s) for key in counted}
+    failed = [s["registry"] for s in summaries if s["status"] == "error"]
+    status = "error" if failed else ("broken" if total["broken"] else "intact")
+    total = {
+        "registry": ",".join(s["registry"] for s in summaries),
+        "status": status,
+        **total,
+        "deep": any(scan.deep for scan in scans),
+        "elapsed_ms": max((s["elapsed_ms"] for s in summaries), default=0),
+        **({"error": "could not scan " + ", ".join(failed)} if failed else {}),
+    }
+    results = [result.to_json() for scan in scans for result in scan.results]
+    return {"results": results, "summary": total, "registries": summaries}
