@@ -16,6 +16,7 @@ from bot.registry.registries import RegistryConfig
 from bot.runbook.base import PhaseContext, PhaseResult, RecordingProgress
 from bot.runbook.diagnose import diagnose
 from bot.runbook.rebuild import rebuild
+from bot.runbook.verify import verify
 from bot.secrets import SecretResolver
 from tests.peers.ghcr import ChallengeAuth, GhcrStandIn
 from tests.peers.github_actions import GitHubActionsStandIn
@@ -95,6 +96,8 @@ def test_a_ghcr_rebuild_deletes_the_version_dispatches_and_confirms(peers, name,
     assert result.check is not None and result.check.status == "intact" and result.check.digest == pushed.digest
     assert progress.steps["delete"].state == "done" and "deleted" in progress.steps["delete"].text
     assert progress.steps["confirm"].state == "done"
+    verified, checks = run(verify, peers, image)  # no Prometheus, no cluster: the full check decides
+    assert verified.outcome is Outcome.SUCCEEDED and checks.steps["check"].state == "done"
 
 
 def test_without_delete_packages_it_is_one_sentence_and_nothing_happens(peers):
