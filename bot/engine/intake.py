@@ -5,6 +5,7 @@ diagnosed at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -248,6 +249,10 @@ class Intake:
         return list(dict.fromkeys((repo, tag) for repo, tag, _ in probe.failures))
 
     async def note_resolved(self, alert: Alert, entry: RegistryConfig) -> None:
+        running = self._detection.get(entry.label)
+        if running is not None and not running.done():  # let the detection post what it opens first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)
         for incident in await asyncio.to_thread(self.store.list_open):
             if incident.registry_host == entry.host:
                 await self.notifier.thread_note(
