@@ -52,7 +52,8 @@ class Intake:
         self.kube = kube
         self.secrets = secrets
         self.audit = Audit(store)
-        self._detection: asyncio.Task[list[Incident]] | None = None
+        self._detection: asyncio.Future[list[Incident]] | None = None
+        self._follow_up: asyncio.Future[list[Incident]] | None = None
         self._scan: asyncio.Task[ScanResult] | None = None
 
     # --- the registry ------------------------------------------------------------------------------------
@@ -174,11 +175,21 @@ class Intake:
                 )
 
     async def detect(self, source: str) -> list[Incident]:
-        """Which images are broken (the alert names only the registry). One detection at a time: a request
-        that arrives while one runs joins it."""
-        if self._detection is None or self._detection.done():
+        """Which images are broken (the alert names only the registry). One detection runs at a time: a
+        request that arrives meanwhile waits for one more detection after it, shared by every such request,
+        so a burst of notifications costs at most two and the last one still gets a fresh look."""
+        running = self._detection
+        if running is None or running.done():
             self._detection = asyncio.ensure_future(self._detect(source))
-        return await asyncio.shield(self._detection)
+            return await asyncio.shield(self._detection)
+        if self._follow_up is None or self._follow_up.done():
+            self._follow_up = asyncio.ensure_future(self._detect_after(running, source))
+        return await asyncio.shield(self._follow_up)
+
+    async def _detect_after(self, running: asyncio.Future[list[Incident]], source: str) -> list[Incident]:
+        await asyncio.wait({running})
+        self._detection, self._follow_up = self._follow_up, None  # requests from now on wait for this one
+        return await self._detect(source)
 
     async def _detect(self, source: str) -> list[Incident]:
         candidates = await self._probe_candidates()
