@@ -109,7 +109,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     `registry_hosts` are the host[:port] names of the configured registry; a reference naming any other
     host is refused, since the bot holds credentials for its own registry only.
     """
-    raw = text.strip()
+    raw = text.strip(" \t\r\n")  # ASCII white space only: a trailing NEL (\x85) is part of the text, and refused
     if not raw:
         raise BadReference("No image given: expected owner/name:tag or owner/name@sha256:<digest>.")
     if len(raw) > MAX_REFERENCE_LENGTH:
