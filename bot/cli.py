@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry", action="append", metavar="HOST", help="only this registry (by host; may be repeated)"
     )
 
+    prune = commands.add_parser("prune", help="plan (and with --apply, make) a retention that keeps what images need")
+    prune.add_argument("--registry", metavar="HOST", help="the registry (by host; default: the first one)")
+    prune.add_argument("--keep", metavar="N", help="keep the N newest tagged versions of each repository (10)")
+    prune.add_argument("--keep-tags", metavar="REGEX", help="keep every tag matching it (^(latest|.*cache.*)$)")
+    prune.add_argument("--older-than", metavar="DURATION", help="keep everything newer than this (90s, 30m, 24h, 7d)")
+    prune.add_argument("--repository", metavar="NAME", help="only this repository (owner/name)")
+    prune.add_argument("--apply", action="store_true", help="delete what the plan says, then check every tag left")
+    prune.add_argument("--json", action="store_true", help="print one JSON object")
+
     commands.add_parser("serve", help="run the Slack bot")
 
     shown = commands.add_parser("settings", help="print every setting: its value here (secrets masked), or a table")
@@ -82,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "scan":
             return _scan(args)
+        if args.command == "prune":
+            from bot.prune.report import prune_command
+
+            return prune_command(args)
         if args.command == "settings":
             return _settings(args)
         if args.command == "audit":

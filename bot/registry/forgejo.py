@@ -55,8 +55,13 @@ class ForgejoPackages:
             if not isinstance(batch, list) or not batch:
                 break
             versions.extend(item for item in batch if isinstance(item, dict) and item.get("name"))
+            # Forgejo clamps `limit` to its MAX_RESPONSE_ITEMS: a short page ends the list only when the total
+            # is not given.
             total = response.headers.get("X-Total-Count")
-            if (total and total.isdigit() and len(versions) >= int(total)) or len(batch) < PAGE_LIMIT:
+            if total and total.isdigit():
+                if len(versions) >= int(total):
+                    break
+            elif len(batch) < PAGE_LIMIT:
                 break
         return versions
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -50,6 +51,7 @@ class Version:
     id: int
     digest: str
     tags: tuple[str, ...]
+    created: datetime | None = None  # the version's created_at (when it was pushed)
 
 
 class GhcrPackages:
@@ -213,7 +215,8 @@ def _version(item: Any) -> Version:
     metadata = item.metadata or None
     container = getattr(metadata, "container", None) if metadata else None
     tags = tuple(container.tags) if container else ()
-    return Version(int(item.id), str(item.name), tags)
+    created = item.created_at if isinstance(item.created_at, datetime) else None
+    return Version(int(item.id), str(item.name), tags, created)
 
 
 def _next_link(answer: Response[Any]) -> str | None:

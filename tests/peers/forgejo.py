@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import httpx
 
@@ -69,6 +69,7 @@ class ForgejoStandIn:
         self.authorizations: list[str] = []  # every Authorization header received, as sent
         self.tokens_issued = 0
         self.catalog_disabled = False
+        self.max_response_items = 50  # Forgejo's [api] MAX_RESPONSE_ITEMS: a larger `limit` is clamped to it
         self._server = QuietHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
@@ -111,6 +112,26 @@ class ForgejoStandIn:
         with self._lock:
             self._tokens.clear()
 
+    def package_versions(self, repo: str) -> list[tuple[str, str]]:
+        """(version, created_at) of every container version Forgejo holds for `repo`: one per tag, and one named
+        by its digest for each manifest pushed by digest that no tag points at (an index's children), each
+        created when it was pushed (the stored link's time)."""
+        from datetime import UTC, datetime
+
+        manifests = self.registry.repo_dir(repo) / "_manifests"
+        found: list[tuple[str, float]] = []
+        tagged: set[str] = set()
+        for link in sorted((manifests / "tags").glob("*/current/link")):
+            found.append((link.parent.parent.name, link.stat().st_mtime))
+            tagged.add(link.read_text().strip())
+        for link in sorted((manifests / "revisions").glob("*/*/link")):
+            digest = f"{link.parent.parent.name}:{link.parent.name}"
+            if digest not in tagged:
+                found.append((digest, link.stat().st_mtime))
+        return [
+            (version, datetime.fromtimestamp(int(when), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")) for version, when in found
+        ]
+
     def paths(self, prefix: str = "") -> list[str]:
         with self._lock:
             return [path for _, path, _ in self.requests if path.startswith(prefix)]
@@ -144,7 +165,9 @@ class ForgejoStandIn:
             "starred_repos_count": 0,
         }
 
-    def package_json(self, owner: str, name: str, version: str) -> dict[str, Any]:
+    def package_json(
+        self, owner: str, name: str, version: str, created: str = "2026-11-30T00:00:00Z"
+    ) -> dict[str, Any]:
         return {
             "id": zlib.crc32(f"{owner}/{name}:{version}".encode()) % 1_000_000,
             "owner": self.user_json(owner),
@@ -152,7 +175,7 @@ class ForgejoStandIn:
             "type": "container",
             "name": name,
             "version": version,
-            "created_at": "2026-11-30T00:00:00Z",
+            "created_at": created,
             "html_url": f"{self.url}/{owner}/-/packages/container/{name}/{version}",
         }
 
@@ -297,7 +320,7 @@ class ForgejoStandIn:
                 user = stand_in._user_for(auth)
                 if not user:
                     return self._json(401, stand_in.api_error(401, "token is required"))
-                segments = [s for s in parts.path.split("/")[4:] if s]
+                segments = [unquote(s) for s in parts.path.split("/")[4:] if s]  # Forgejo decodes each segment
                 if len(segments) == 1 and self.command == "GET":
                     return self._list(segments[0], parse_qs(parts.query))
                 if len(segments) == 4 and segments[1] == "container":
@@ -307,15 +330,14 @@ class ForgejoStandIn:
 
             def _list(self, owner: str, query: dict[str, list[str]]) -> None:
                 page = int(query.get("page", ["1"])[0])
-                limit = int(query.get("limit", ["50"])[0])
+                limit = min(int(query.get("limit", ["50"])[0]), stand_in.max_response_items)
                 versions = []
                 catalog = stand_in._upstream.get("/v2/_catalog", params={"n": "1000"}).json()
                 for repo in catalog.get("repositories") or []:
                     if not repo.startswith(owner + "/"):
                         continue
-                    tags = stand_in._upstream.get(f"/v2/{repo}/tags/list").json().get("tags") or []
-                    for tag in tags:
-                        versions.append(stand_in.package_json(owner, repo.split("/", 1)[1], tag))
+                    for version, created in stand_in.package_versions(repo):
+                        versions.append(stand_in.package_json(owner, repo.split("/", 1)[1], version, created))
                 chunk = versions[(page - 1) * limit : page * limit]
                 headers = {"X-Total-Count": str(len(versions))}
                 if page * limit < len(versions):
@@ -328,7 +350,7 @@ class ForgejoStandIn:
             def _version(self, user: str, owner: str, name: str, version: str) -> None:
                 repo = f"{owner}/{name}"
                 head = stand_in._upstream.head(
-                    f"/v2/{repo}/manifests/{version}",
+                    f"/v2/{repo}/manifests/{quote(version, safe=':')}",
                     headers={
                         "Accept": "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest"
                         ".v1+json, application/vnd.docker.distribution.manifest.list.v2+json, "
