@@ -171,6 +171,11 @@ class Settings:
     verify_delay: float = _setting(1800.0, "Seconds after a fix before verification runs.")
     prometheus_url: str = _setting("", "Prometheus base URL for verification's metric check.")
     scan_interval: float = _setting(900.0, "Seconds between the bot's own scans (0 turns them off).")
+    prune_schedule: str = _setting(
+        "",
+        "Cron schedule (5 fields, UTC) of the leader's prune plans, posted for an approver's Apply; never applied "
+        "on their own (empty: off).",
+    )
     leader_election: str = _setting(
         "auto", "auto (a Kubernetes Lease in a cluster, else the database), lease, database."
     )
@@ -335,5 +340,12 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{name.upper()} must be positive.")
     if settings.deep_max_bytes < 0 or settings.deep_scan_interval < 0:
         raise ConfigError("DEEP_MAX_BYTES and DEEP_SCAN_INTERVAL must be 0 or more.")
+    if settings.prune_schedule:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(settings.prune_schedule, timezone="UTC")
+        except ValueError as exc:
+            raise ConfigError(f"PRUNE_SCHEDULE is not a cron schedule (5 fields, like 0 6 * * 1): {exc}.") from None
     if settings.deep_rate_limit < 0:
         raise ConfigError("DEEP_RATE_LIMIT must be 0 (unlimited) or a number of bytes per second.")

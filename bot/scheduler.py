@@ -77,6 +77,7 @@ class Leadership:
         verify: Verify,
         probe: Callable[[], Awaitable[Any]],
         deep_scan: Callable[[], Awaitable[Any]] | None = None,
+        prune: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -84,12 +85,14 @@ class Leadership:
         self.verify = verify
         self.probe = probe
         self.deep_scan = deep_scan
+        self.prune = prune  # PRUNE_SCHEDULE: posts a plan for an approver, never applies it
         self.is_leader = False
         self.lease_seconds = max(settings.leader_lease_seconds, 3.0)
         self._runner: Any = None  # the leader's running scheduler
         self._writer: Any = None  # a paused scheduler every replica uses to add jobs
         self._probe: asyncio.Task[None] | None = None
         self._deep: asyncio.Task[None] | None = None
+        self._prune: asyncio.Task[None] | None = None
         self._loop_task: asyncio.Task[None] | None = None
         mode = settings.leader_election
         if mode == "auto":
@@ -186,16 +189,18 @@ class Leadership:
         if self.settings.deep_scan_interval > 0 and self.deep_scan is not None:
             interval = self.settings.deep_scan_interval
             self._deep = asyncio.create_task(self._every(interval, self.deep_scan, first=interval), name="deep scan")
+        if self.settings.prune_schedule and self.prune is not None:
+            self._prune = asyncio.create_task(self._on_schedule(self.settings.prune_schedule, self.prune), name="prune")
 
     async def _step_down(self) -> None:
         self.is_leader = False
         metrics.IS_LEADER.set(0)
-        for task in (self._probe, self._deep):
+        for task in (self._probe, self._deep, self._prune):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._probe = self._deep = None
+        self._probe = self._deep = self._prune = None
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await asyncio.to_thread(runner.shutdown, False)
@@ -213,6 +218,27 @@ class Leadership:
             except Exception:
                 log.exception("the bot's periodic scan failed")
             await asyncio.sleep(max(interval - (time.monotonic() - started), 1.0))
+
+    async def _on_schedule(self, crontab: str, work: Callable[[], Awaitable[Any]]) -> None:
+        """The leader's work at each time a cron schedule names (UTC); a time missed while not leading is not
+        made up (a prune plan is a suggestion, and the next one comes)."""
+        from apscheduler.triggers.cron import CronTrigger
+
+        trigger = CronTrigger.from_crontab(crontab, timezone=UTC)
+        previous = None
+        while True:
+            now = datetime.now(UTC)
+            due = trigger.get_next_fire_time(previous, now)
+            if due is None:
+                return
+            await asyncio.sleep(max((due - datetime.now(UTC)).total_seconds(), 0))
+            previous = due
+            try:
+                await work()
+            except UserFacingError as exc:
+                log.warning("the scheduled prune plan could not be made: %s", exc)
+            except Exception:
+                log.exception("the scheduled prune plan failed")
 
 
 class KubeLease:

@@ -84,6 +84,7 @@ async def compose(settings: Settings) -> Parts:
     from bot.engine.commands import Commands
     from bot.engine.intake import Intake
     from bot.engine.ports import Supervisor
+    from bot.engine.prune import PruneFlow
     from bot.engine.recovery import Recovery
     from bot.engine.requests import Requests
     from bot.engine.runner import Runner
@@ -96,6 +97,7 @@ async def compose(settings: Settings) -> Parts:
     from bot.slack.clicks import Clicks
     from bot.slack.gateway import SlackGateway
     from bot.slack.notifier import SlackNotifier
+    from bot.slack.prune import PruneClicks, SlackPruneNotifier
     from bot.web import build_web
 
     store = Store(settings.database)
@@ -120,7 +122,13 @@ async def compose(settings: Settings) -> Parts:
     async def deep_scan() -> None:
         await intake.deep_scan_once()
 
-    leadership = Leadership(settings, store, kube, replica, verify, probe, deep_scan)
+    flow: PruneFlow | None = None
+
+    async def scheduled_prune() -> None:
+        assert flow is not None
+        await flow.scheduled()
+
+    leadership = Leadership(settings, store, kube, replica, verify, probe, deep_scan, scheduled_prune)
     runner = Runner(
         settings,
         store,
@@ -136,7 +144,9 @@ async def compose(settings: Settings) -> Parts:
     recovery = Recovery(settings, store, notifier, supervisor, runner, lambda: leadership.is_leader)
     commands = Commands(settings, store, notifier, supervisor, intake, secret_resolver)
     clicks = Clicks(settings, store, slack, notifier, commands, Requests(settings, store, notifier, runner))
-    bolt = SlackApp(settings, store, slack, supervisor, commands, clicks).build()
+    flow = PruneFlow(settings, store, SlackPruneNotifier(settings, slack), intake, secret_resolver)
+    prune = PruneClicks(store, slack, clicks, flow)
+    bolt = SlackApp(settings, store, slack, supervisor, commands, clicks, prune).build()
     web = build_web(settings, store, intake, bolt, leadership.role, replica)
     return Parts(replica, store, slack, supervisor, leadership, recovery, bolt, web)
 

@@ -61,6 +61,19 @@ class ApprovalStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class PruneStatus(StrEnum):
+    """A prune plan posted in Slack: it waits for an approver's Apply (and a second approver's Approve under
+    the two-person rule), then runs once."""
+
+    PENDING = "pending"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPLYING = "applying"
+    APPLIED = "applied"
+    FAILED = "failed"
+    DENIED = "denied"
+    EXPIRED = "expired"
+
+
 class StepState(StrEnum):
     """A step of a phase run, as the progress message shows it."""
 

@@ -14,7 +14,7 @@ from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, Uniqu
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from bot.incidents.lifecycle import ApprovalStatus, RunStatus, State
+from bot.incidents.lifecycle import ApprovalStatus, PruneStatus, RunStatus, State
 from bot.refs import ImageRef
 
 
@@ -182,3 +182,25 @@ class InfoAlert(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     repeats: Mapped[int] = mapped_column(Integer, default=0)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PrunePlan(Base):
+    """A prune plan posted in Slack: its options (the plan itself is made again, fresh, when applied), who asked,
+    the message with its Apply button, and the approval it waits for (the two-person rule)."""
+
+    __tablename__ = "prune_plans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    registry_host: Mapped[str] = mapped_column("registry", String(255))
+    options: Mapped[str] = mapped_column(Text, default="{}")  # JSON of the Policy
+    source: Mapped[str] = mapped_column(String(16))  # command or schedule
+    requested_by: Mapped[str | None] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(24), default=PruneStatus.PENDING)
+    apply_by: Mapped[str | None] = mapped_column(String(64))  # who clicked Apply
+    approval_ts: Mapped[str | None] = mapped_column(String(32))  # the two-person request's message
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

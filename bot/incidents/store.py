@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from bot.incidents.database import StoreUnavailable
 from bot.incidents.lifecycle import ApprovalStatus, RunStatus, State
 from bot.incidents.models import ApprovalRequest, Incident, PhaseRun, utcnow
+from bot.incidents.prune_records import PruneRecords
 from bot.incidents.records import Records
 from bot.registry.model import CheckResult
 
@@ -36,7 +37,7 @@ def open_key(registry: str, image: str) -> str:
     return f"{registry}/{image}"
 
 
-class Store(Records):
+class Store(Records, PruneRecords):
     """Incidents and their phase runs (and, from Records, approvals, audit, deliveries, leadership)."""
 
     # --- incidents ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.config import Settings
 from bot.engine.commands import Commands
 from bot.engine.ports import Supervisor
-from bot.errors import BadReference
+from bot.errors import BadReference, UserFacingError
 from bot.incidents.lifecycle import PHASES, PhaseSpec
 from bot.incidents.store import Store
 from bot.refs import parse_reference
@@ -29,6 +29,7 @@ from bot.registry.registries import all_hosts
 from bot.slack import blocks
 from bot.slack.clicks import Click, Clicks
 from bot.slack.gateway import SlackGateway
+from bot.slack.prune import PruneClicks
 
 log = logging.getLogger(__name__)
 # Work started by Slack requests runs a few at a time, so a burst does not crowd the event loop that acks
@@ -49,6 +50,7 @@ class SlackApp:
         supervisor: Supervisor,
         commands: Commands,
         clicks: Clicks,
+        prune: PruneClicks | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -56,6 +58,7 @@ class SlackApp:
         self.supervisor = supervisor
         self.commands = commands
         self.clicks = clicks
+        self.prune = prune
         self.phase_work = asyncio.Semaphore(PHASE_WORK)
         self.check_work = asyncio.Semaphore(CHECK_WORK)
         self.checks_running: dict[str, int] = {}  # user -> checks and scans of theirs in flight
@@ -121,6 +124,11 @@ class SlackApp:
         app.action(blocks.APPROVE)(self._listener(lambda click: self.clicks.answer(click, approve=True)))
         app.action(blocks.DENY)(self._listener(lambda click: self.clicks.answer(click, approve=False)))
         app.action(blocks.CHECK_NOW)(self._check_now)
+        if self.prune is not None:
+            prune = self.prune
+            app.action(blocks.PRUNE_APPLY)(self._with_message(prune.apply))
+            app.action(blocks.PRUNE_APPROVE)(self._listener(lambda click: prune.answer(click, approve=True)))
+            app.action(blocks.PRUNE_DENY)(self._listener(lambda click: prune.answer(click, approve=False)))
         app.action(re.compile(".*"))(self._listener(self.clicks.unknown))  # any other action_id (Bolt: first match)
         return app
 
@@ -135,6 +143,21 @@ class SlackApp:
                 log.warning("a block_actions payload without the fields a click has was ignored")
                 return
             self.work(handle(click), f"action {click.action_id[:40]}", click.channel, click.user, self.phase_work)
+
+        return listener
+
+    def _with_message(self, handle: Any) -> Any:
+        """A listener whose work also gets the clicked message (to replace its button)."""
+
+        async def listener(ack: Any, body: dict[str, Any]) -> None:
+            await ack()
+            click = Click.read(body)
+            if click is None:
+                return
+            message = body.get("message") if isinstance(body.get("message"), dict) else {}
+            self.work(
+                handle(click, message), f"action {click.action_id[:40]}", click.channel, click.user, self.phase_work
+            )
 
         return listener
 
@@ -179,11 +202,43 @@ class SlackApp:
                 return
             await ack(response_type="ephemeral", text="🔎 Scanning every tag of every repository…")
             self.check_work_for(user, self.once(delivery, self.commands.command_scan(user, channel)), "scan", channel)
+        elif sub == "prune" and self.prune is not None:
+            await self._prune_command(ack, words[1:], user, channel, delivery)
         elif sub == "status" and len(words) == 1:
             await ack(response_type="ephemeral", text="Looking up open incidents…")
             self.work(self.once(delivery, self._status(user, channel)), "status", channel, user, None)
         else:
             await ack(response_type="ephemeral", text=blocks.USAGE)
+
+    async def _prune_command(self, ack: Any, words: list[str], user: str, channel: str, delivery: str) -> None:
+        """`/registry prune [registry] [keep=N]`: approvers only; the plan is posted with an Apply button."""
+        from bot.prune import Policy
+        from bot.registry.multiscan import select_registries
+
+        keep = [w.partition("=")[2] for w in words if w.lower().startswith("keep=")]
+        hosts = [w for w in words if not w.lower().startswith("keep=")]
+        try:
+            if len(keep) > 1 or len(hosts) > 1:
+                raise UserFacingError(blocks.PRUNE_USAGE)
+            policy = Policy.parse(keep[0] if keep else None, None, None)
+            entry = select_registries(self.settings, hosts or None)[0]
+        except (UserFacingError, IndexError) as exc:
+            text = str(exc) if isinstance(exc, UserFacingError) else "No registry is configured."
+            await ack(response_type="ephemeral", text=f"🚫 {blocks.escape(text)}")
+            return
+        await ack(response_type="ephemeral", text=f"🧹 Planning a prune of {blocks.escape(entry.host)}…")
+        assert self.prune is not None
+        prune = self.prune
+
+        async def plan() -> None:
+            if await self.clicks.guard.is_approver(user, fresh=True):
+                await prune.flow.post_plan(entry, policy, user, channel)
+                return
+            reason = f"Only approvers may prune: {blocks.approvers_text(self.settings)}."
+            await self.clicks.audit("refuse", "refused", user=user, detail=f"/registry prune: {reason}")
+            await self.slack.ephemeral(channel, user, f"🚫 {reason}")
+
+        self.work(self.once(delivery, plan()), "prune plan", channel, user, self.phase_work)
 
     async def _status(self, user: str, channel: str) -> None:
         incidents = await self.commands.open_incidents()
