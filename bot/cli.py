@@ -175,8 +175,13 @@ def _scan(args: argparse.Namespace) -> int:
     if args.tags_per_repo is not None and args.tags_per_repo < 0:
         print("registry-bot: --tags-per-repo must be 0 or more.", file=sys.stderr)
         return EXIT_ERROR
+    collected: list[tuple[str, str]] = []  # --json: (reference, the result's JSON), not the results themselves
+
+    def collect(result: CheckResult) -> None:
+        collected.append((result.reference, json.dumps(result.to_json())))
+
     try:
-        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep))
+        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep, collect if args.json else None))
     except UserFacingError as exc:
         _clear_progress_line(args.deep)
         if args.json:
@@ -187,7 +192,8 @@ def _scan(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     _clear_progress_line(args.deep)
     if args.json:
-        print(json.dumps(scan.to_json()))
+        results = ", ".join(text for _, text in sorted(collected))
+        print(f'{{"results": [{results}], "summary": {json.dumps(scan.summary())}}}')
         return scan.exit_code
     summary = scan.summary()
     hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
@@ -195,27 +201,30 @@ def _scan(args: argparse.Namespace) -> int:
         print(f"COULD NOT SCAN {scan.registry}: {scan.error}")
         return scan.exit_code
     print(
-        f"{'BROKEN' if scan.broken else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
+        f"{'BROKEN' if summary['broken'] else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
         f"{summary['repositories']} repositories, {summary['broken']} broken, {summary['errors']} not checked "
         f"({summary['objects_checked']} objects{hashed}, {summary['elapsed_ms']} ms, listed by {scan.listed_by})."
     )
-    for result in scan.results:
-        if result.status != "intact":
-            print(result.verdict())
-            for problem in result.problems:
-                print(f"  {problem.summary()}")
+    for result in sorted(scan.results, key=lambda r: r.reference):  # only what is not intact was kept
+        print(result.verdict())
+        for problem in result.problems:
+            print(f"  {problem.summary()}")
     return scan.exit_code
 
 
-async def _scan_all(settings: Settings, tags_per_repo: int | None, deep: bool) -> ScanResult:
+async def _scan_all(
+    settings: Settings, tags_per_repo: int | None, deep: bool, on_result: Callable[[CheckResult], None] | None
+) -> ScanResult:
     from bot.registry.integrity import IntegrityChecker
-    from bot.registry.scan import scan_registry
+    from bot.registry.scan import keep_problems, scan_registry
     from bot.registry.session import open_registry
     from bot.secrets import SecretResolver
 
     async with open_registry(settings, SecretResolver(settings)) as client:
         checker = IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep))
-        return await scan_registry(client, tags_per_repo=tags_per_repo, checker=checker)
+        return await scan_registry(
+            client, tags_per_repo=tags_per_repo, checker=checker, on_result=on_result, keep=keep_problems
+        )
 
 
 def parse_duration(text: str) -> float:

@@ -23,7 +23,7 @@ from bot.refs import ImageRef, parse_reference
 from bot.registry.blobs import ProgressHook
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
-from bot.registry.scan import ScanResult, scan_registry
+from bot.registry.scan import ScanResult, keep_problems, scan_registry
 from bot.registry.session import open_registry
 from bot.secrets import SecretResolver
 
@@ -73,7 +73,8 @@ class Intake:
     async def _scan_once(self, deep: bool = False) -> ScanResult:
         async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
             checker = IntegrityChecker(client, deep=True) if deep else None
-            return await scan_registry(client, checker=checker)
+            # Only what incidents and messages need is kept (broken and unchecked tags); metrics take the counts.
+            return await scan_registry(client, checker=checker, keep=keep_problems)
 
     async def deep_scan_once(self) -> ScanResult:
         """Every tag walked and every layer hashed (DEEP_RATE_LIMIT paces it); incidents for what broke."""
