@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--deep", action="store_true", help=DEEP_HELP)
 
     scan = commands.add_parser("scan", help="check every tag of every repository")
-    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    shape = scan.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print one JSON object")
+    shape.add_argument("--jsonl", action="store_true", help="one JSON line per tag as it is done, then the summary")
     scan.add_argument("--deep", action="store_true", help=DEEP_HELP)
     scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
 
@@ -168,8 +170,6 @@ def _clear_progress_line(deep: bool) -> None:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from bot.registry.model import human_bytes
-
     settings = load_settings()
     settings.require("registry_url")
     if args.tags_per_repo is not None and args.tags_per_repo < 0:
@@ -180,13 +180,20 @@ def _scan(args: argparse.Namespace) -> int:
     def collect(result: CheckResult) -> None:
         collected.append((result.reference, json.dumps(result.to_json())))
 
+    def line(result: CheckResult) -> None:  # --jsonl: out as soon as it is done
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        sys.stdout.flush()
+
+    on_result = collect if args.json else line if args.jsonl else None
     try:
-        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep, collect if args.json else None))
+        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep, on_result))
     except UserFacingError as exc:
         _clear_progress_line(args.deep)
+        summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
         if args.json:
-            summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
             print(json.dumps({"results": [], "summary": summary}))
+        elif args.jsonl:
+            print(json.dumps({"summary": summary}))
         else:
             print(f"COULD NOT SCAN {settings.registry_host}: {exc}")
         return EXIT_ERROR
@@ -194,12 +201,21 @@ def _scan(args: argparse.Namespace) -> int:
     if args.json:
         results = ", ".join(text for _, text in sorted(collected))
         print(f'{{"results": [{results}], "summary": {json.dumps(scan.summary())}}}')
-        return scan.exit_code
-    summary = scan.summary()
-    hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
+    elif args.jsonl:
+        print(json.dumps({"summary": scan.summary()}))
+    else:
+        _print_scan(scan)
+    return scan.exit_code
+
+
+def _print_scan(scan: ScanResult) -> None:
+    from bot.registry.model import human_bytes
+
     if scan.error:
         print(f"COULD NOT SCAN {scan.registry}: {scan.error}")
-        return scan.exit_code
+        return
+    summary = scan.summary()
+    hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
     print(
         f"{'BROKEN' if summary['broken'] else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
         f"{summary['repositories']} repositories, {summary['broken']} broken, {summary['errors']} not checked "
@@ -209,7 +225,6 @@ def _scan(args: argparse.Namespace) -> int:
         print(result.verdict())
         for problem in result.problems:
             print(f"  {problem.summary()}")
-    return scan.exit_code
 
 
 async def _scan_all(

@@ -6,8 +6,14 @@ not grow with the number of repositories or tags (benchmarks/scan.py --scale mea
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -17,7 +23,11 @@ from bot.registry.client import RegistryClient
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
 from bot.registry.scan import ScanResult, keep_problems, scan_registry
+from tests.conftest import run_cli
+from tests.peers.forgejo import ForgejoStandIn
 from tests.peers.registry import ImagePusher, Registry
+from tests.test_deep import conforms
+from tests.test_scan import PULL
 
 REPOS, TAGS = 40, 3
 
@@ -71,3 +81,44 @@ def test_memory_stays_flat_across_repositories(many, monkeypatch):
     # manifest, its config and two layers each): never one task per tag or per repository.
     assert tasks <= 1 + scan_module.LISTINGS_IN_FLIGHT + 4 + 4 * 4, tasks
     assert checker._cache == {}, "a repository's shared objects outlived the scan"
+
+
+def scan_process(url: str, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
+    """`registry-bot scan ...` as a person runs it, its output read as it comes."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "VAULT_", "SLACK_"))}
+    settings = {"REGISTRY_URL": url, "REGISTRY_KIND": "distribution", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "bot", "scan", *args], env={**base, **settings}, text=True, **popen)
+
+
+def test_jsonl_lines_arrive_while_the_scan_runs_and_every_tag_has_one(many):
+    with ForgejoStandIn(many) as front:
+        # One repository answers slowly: every other tag's line must be out long before the scan ends.
+        front.tamper("GET", r"^/v2/viktor/svc-39/manifests/", delay=3.0)
+        scan = scan_process(front.url, "--jsonl", env=PULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert scan.stdout is not None
+        lines = [(time.monotonic(), line) for line in scan.stdout]
+        assert scan.wait(60) == 1, scan.stderr.read() if scan.stderr else ""
+    assert scan.stderr is not None and scan.stderr.read() == "", "progress went somewhere it must not"
+    objects = [json.loads(line) for _, line in lines]
+    *results, end = objects
+    for result in results:
+        conforms(result, "check")
+    conforms(end, "scan_end")
+    references = [r["reference"] for r in results]
+    assert len(references) == len(set(references)) == REPOS * TAGS
+    assert set(references) == {f"viktor/svc-{repo:02d}:v{tag}" for repo in range(REPOS) for tag in range(TAGS)}
+    assert end["summary"]["tags"] == REPOS * TAGS and end["summary"]["broken"] == 1
+    finished = lines[-1][0]
+    timed = zip(lines, results, strict=False)  # the last line is the summary
+    early = [at for (at, _), result in timed if not result["reference"].startswith("viktor/svc-39:")]
+    assert finished - max(early) >= 2.0, "the lines waited for the end of the scan"
+
+
+def test_json_keeps_its_one_document_and_jsonl_cannot_go_with_it(many):
+    run = run_cli("scan", "--json", env={"REGISTRY_URL": many.url, "REGISTRY_KIND": "distribution"})
+    conforms(run.json(), "scan")
+    references = [r["reference"] for r in run.json()["results"]]
+    assert references == sorted(references) and len(references) == REPOS * TAGS
+    both = run_cli("scan", "--json", "--jsonl", env={"REGISTRY_URL": many.url})
+    assert both.code == 2 and both.stdout == ""
+    assert "not allowed with" in both.stderr.splitlines()[-1]
