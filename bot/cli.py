@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--jsonl", action="store_true", help="one JSON line per tag as it is done, then the summary")
     scan.add_argument("--deep", action="store_true", help=DEEP_HELP)
     scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
+    scan.add_argument(
+        "--rate", type=float, metavar="N", help="at most N registry requests a second (default: SCAN_RATE_LIMIT)"
+    )
 
     commands.add_parser("serve", help="run the Slack bot")
 
@@ -175,6 +178,10 @@ def _scan(args: argparse.Namespace) -> int:
     if args.tags_per_repo is not None and args.tags_per_repo < 0:
         print("registry-bot: --tags-per-repo must be 0 or more.", file=sys.stderr)
         return EXIT_ERROR
+    rate = settings.scan_rate_limit if args.rate is None else args.rate
+    if not 0 <= rate < float("inf"):
+        print("registry-bot: --rate must be a number of requests per second, 0 (unlimited) or more.", file=sys.stderr)
+        return EXIT_ERROR
     collected: list[tuple[str, str]] = []  # --json: (reference, the result's JSON), not the results themselves
 
     def collect(result: CheckResult) -> None:
@@ -186,7 +193,7 @@ def _scan(args: argparse.Namespace) -> int:
 
     on_result = collect if args.json else line if args.jsonl else None
     try:
-        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep, on_result))
+        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep, rate, on_result))
     except UserFacingError as exc:
         _clear_progress_line(args.deep)
         summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
@@ -228,7 +235,11 @@ def _print_scan(scan: ScanResult) -> None:
 
 
 async def _scan_all(
-    settings: Settings, tags_per_repo: int | None, deep: bool, on_result: Callable[[CheckResult], None] | None
+    settings: Settings,
+    tags_per_repo: int | None,
+    deep: bool,
+    rate: float,
+    on_result: Callable[[CheckResult], None] | None,
 ) -> ScanResult:
     from bot.registry.integrity import IntegrityChecker
     from bot.registry.scan import keep_problems, scan_registry
@@ -236,6 +247,7 @@ async def _scan_all(
     from bot.secrets import SecretResolver
 
     async with open_registry(settings, SecretResolver(settings)) as client:
+        client.slots.limit(rate)
         checker = IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep))
         return await scan_registry(
             client, tags_per_repo=tags_per_repo, checker=checker, on_result=on_result, keep=keep_problems

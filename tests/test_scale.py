@@ -6,6 +6,7 @@ not grow with the number of repositories or tags (benchmarks/scan.py --scale mea
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 import subprocess
@@ -22,10 +23,13 @@ from bot.registry import scan as scan_module
 from bot.registry.client import RegistryClient
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
+from bot.registry.pace import MIN_SPREAD_RATE, TokenBucket, spread_rate
 from bot.registry.scan import ScanResult, keep_problems, scan_registry
 from tests.conftest import run_cli
+from tests.harness import CHANNEL, BotProcess
 from tests.peers.forgejo import ForgejoStandIn
 from tests.peers.registry import ImagePusher, Registry
+from tests.peers.slack_api import SlackStandIn
 from tests.test_deep import conforms
 from tests.test_scan import PULL
 
@@ -35,7 +39,7 @@ REPOS, TAGS = 40, 3
 @pytest.fixture(scope="module")
 def many() -> Iterator[Registry]:
     """REPOS repositories of TAGS tags each, sharing a base layer; one tag broken."""
-    with Registry() as registry:
+    with Registry(access_log=True) as registry:
         base = (b"shared base " * 200,)
 
         def push(repo: int) -> None:
@@ -122,3 +126,73 @@ def test_json_keeps_its_one_document_and_jsonl_cannot_go_with_it(many):
     both = run_cli("scan", "--json", "--jsonl", env={"REGISTRY_URL": many.url})
     assert both.code == 2 and both.stdout == ""
     assert "not allowed with" in both.stderr.splitlines()[-1]
+
+
+def test_the_rate_limit_holds_on_the_real_registry(many):
+    """--rate 40: the registry's own access log, counted by the second, shows 40 requests a second, never the
+    ~1,000 a second this registry answers unpaced. The bucket holds one second of tokens, so any k seconds
+    see at most 40 x (k + 1): a minute is held within 2% of the rate."""
+    rate = 40
+    started = time.time()
+    env = {"REGISTRY_URL": many.url, "REGISTRY_KIND": "distribution"}
+    run = run_cli("scan", "--json", "--rate", str(rate), env=env)
+    assert run.code == 1 and run.json()["summary"]["tags"] == REPOS * TAGS
+    seconds = [at for at, _, _ in many.requests_logged() if at >= int(started)]
+    first, last = int(min(seconds)), int(max(seconds))
+    per_second = [seconds.count(float(second)) for second in range(first, last + 1)]
+    assert last - first >= 8, per_second  # ~440 requests: about 11 s at 40 a second
+    for width in range(1, len(per_second) + 1):
+        for start in range(len(per_second) - width + 1):
+            assert sum(per_second[start : start + width]) <= rate * (width + 1) + 1, (width, per_second)
+    steady = per_second[2:-1]  # after the first seconds (the bucket's burst), before the last (partial) one
+    assert abs(sum(steady) / len(steady) - rate) <= rate * 0.1, per_second
+
+
+def test_a_bad_rate_is_refused_in_one_line(many):
+    for bad in ("-1", "nan", "inf"):
+        run = run_cli("scan", "--rate", bad, env={"REGISTRY_URL": many.url})
+        assert run.code == 2 and run.stdout == ""
+        assert run.stderr.splitlines() == [
+            "registry-bot: --rate must be a number of requests per second, 0 (unlimited) or more."
+        ]
+    run = run_cli("scan", env={"REGISTRY_URL": many.url, "SCAN_RATE_LIMIT": "-5"})
+    assert run.code == 2 and "SCAN_RATE_LIMIT must be 0" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_the_probe_is_spread_by_the_last_scans_requests_and_metrics_show_the_load(many):
+    """SCAN_INTERVAL 2: the first probe runs unpaced; the next ones are held to the first one's requests over
+    one second (half the interval), and /metrics says what each scan sent, took and was held to."""
+    with SlackStandIn(channels={CHANNEL: "alerts"}) as slack:
+        env = {"REGISTRY_URL": many.url, "REGISTRY_KIND": "distribution", "SCAN_INTERVAL": "2",
+               "LEADER_ELECTION": "database", "REGISTRY_INSTANCE": "registry.example"}  # fmt: skip
+        with BotProcess(slack, env) as bot:
+            labels = '{instance="registry.example",kind="scan"}'
+
+            def figures() -> dict[str, float] | None:
+                found = {}
+                for line in bot.http.get("/metrics").text.splitlines():
+                    for name in ("requests", "seconds", "rate_limit"):
+                        if line.startswith(f"registry_bot_scan_{name}{labels} "):
+                            found[name] = float(line.split()[-1])
+                return found if found.get("rate_limit") else None
+
+            shown = slack.wait_for(lambda _: figures(), timeout=60)
+    requests = shown["requests"]
+    assert requests > REPOS * TAGS * 3, shown  # a manifest, a config and a layer a tag at least
+    assert shown["rate_limit"] == max(requests / 1.0, 10.0), shown  # the same registry: the same count
+    assert shown["seconds"] >= 0.8, shown  # spread over about a second, where unpaced it takes less
+
+
+def test_the_bucket_holds_any_minute_within_two_percent_and_the_spread_has_a_floor():
+    for rate in (0.5, 3.0, 40.0, 900.0):
+        bucket, sent, now = TokenBucket(rate), [], 0.0
+        while now < 180:  # demand far above the rate: every request goes as soon as the bucket lets it
+            now += bucket.reserve(now)
+            sent.append(now)
+        for start in range(0, 120, 7):
+            in_minute = bisect.bisect_left(sent, start + 60) - bisect.bisect_left(sent, start)
+            assert in_minute <= rate * 60 + max(rate, 1.0), (rate, start, in_minute)
+            assert in_minute >= rate * 60 - 1, (rate, start, in_minute)
+    assert TokenBucket(0).reserve(5.0) == 0.0
+    assert spread_rate(None, 900) == 0.0 and spread_rate(5000, 0) == 0.0
+    assert spread_rate(45_000, 900) == 100.0 and spread_rate(50, 900) == MIN_SPREAD_RATE

@@ -14,6 +14,7 @@ from bot.alerts import INFO_ALERTS, INTEGRITY_FAILURE, Alert, Notification
 from bot.config import Settings
 from bot.engine.ports import Audit, Notifier, Supervisor
 from bot.engine.runner import Runner
+from bot.engine.scans import Scans
 from bot.errors import BadReference, UserFacingError
 from bot.incidents.lifecycle import Phase
 from bot.incidents.models import Incident, InfoAlert
@@ -23,7 +24,7 @@ from bot.refs import ImageRef, parse_reference
 from bot.registry.blobs import ProgressHook
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
-from bot.registry.scan import ScanResult, keep_problems, scan_registry
+from bot.registry.scan import ScanResult
 from bot.registry.session import open_registry
 from bot.secrets import SecretResolver
 
@@ -53,7 +54,7 @@ class Intake:
         self.secrets = secrets
         self.audit = Audit(store)
         self._detection: asyncio.Task[list[Incident]] | None = None
-        self._scan: asyncio.Task[ScanResult] | None = None
+        self.scans = Scans(settings, secrets)
 
     # --- the registry ------------------------------------------------------------------------------------
 
@@ -64,21 +65,13 @@ class Intake:
             checker = IntegrityChecker(client, deep=deep, on_progress=on_progress, progress_every=PROGRESS_EVERY)
             return await checker.check(ref, display=display)
 
-    async def scan(self) -> ScanResult:
-        """One scan of the registry at a time, process-wide: a scan asked for while one runs joins it."""
-        if self._scan is None or self._scan.done():
-            self._scan = asyncio.ensure_future(self._scan_once())
-        return await asyncio.shield(self._scan)
-
-    async def _scan_once(self, deep: bool = False) -> ScanResult:
-        async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
-            checker = IntegrityChecker(client, deep=True) if deep else None
-            # Only what incidents and messages need is kept (broken and unchecked tags); metrics take the counts.
-            return await scan_registry(client, checker=checker, keep=keep_problems)
+    async def scan(self, spread: bool = False) -> ScanResult:
+        """One scan of the registry at a time, process-wide (engine/scans.py: its pace and progress)."""
+        return await self.scans.scan(spread)
 
     async def deep_scan_once(self) -> ScanResult:
-        """Every tag walked and every layer hashed (DEEP_RATE_LIMIT paces it); incidents for what broke."""
-        scan = await self._scan_once(deep=True)
+        """Every tag walked and every layer hashed; incidents for what broke."""
+        scan = await self.scans.deep_scan()
         summary = scan.summary()
         log.info("deep scan: %s", {k: summary.get(k) for k in ("tags", "broken", "errors", "elapsed_ms")})
         await self.report_scan(scan, "deep_scan")
@@ -230,8 +223,9 @@ class Intake:
     # --- the bot's own probe -----------------------------------------------------------------------------
 
     async def probe_once(self) -> ScanResult:
-        """A full scan, exported under the probe's metric names, and incidents for what broke."""
-        scan = await self.scan()
+        """A full scan, exported under the probe's metric names, and incidents for what broke; spread over
+        half of SCAN_INTERVAL unless SCAN_RATE_LIMIT says otherwise."""
+        scan = await self.scan(spread=True)
         instance = self.settings.instance
         summary = scan.summary()
         metrics.PROBE_CATALOG.labels(instance=instance).set(0 if scan.error else 1)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+MIN_SPREAD_RATE = 10.0  # requests/s: spreading a scan thinner than this spares no registry anything
+
 
 class TokenBucket:
     """Requests per second, in the order they ask (GCRA: each booking advances one theoretical arrival time).
@@ -74,3 +76,11 @@ class RequestSlots:
 
     async def __aexit__(self, *exc: object) -> None:
         self._gate.release()
+
+
+def spread_rate(last_requests: int | None, interval: float) -> float:
+    """Requests per second that spread a scan like the last one (`last_requests`) over half of `interval`;
+    0 (unlimited) with no last scan to go by or no interval, and never under MIN_SPREAD_RATE."""
+    if not last_requests or interval <= 0:
+        return 0.0
+    return max(last_requests / (interval / 2), MIN_SPREAD_RATE)
