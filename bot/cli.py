@@ -195,7 +195,6 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep, rate, on_result))
     except UserFacingError as exc:
-        _clear_progress_line(args.deep)
         summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
         if args.json:
             print(json.dumps({"results": [], "summary": summary}))
@@ -204,7 +203,6 @@ def _scan(args: argparse.Namespace) -> int:
         else:
             print(f"COULD NOT SCAN {settings.registry_host}: {exc}")
         return EXIT_ERROR
-    _clear_progress_line(args.deep)
     if args.json:
         results = ", ".join(text for _, text in sorted(collected))
         print(f'{{"results": [{results}], "summary": {json.dumps(scan.summary())}}}')
@@ -242,16 +240,28 @@ async def _scan_all(
     on_result: Callable[[CheckResult], None] | None,
 ) -> ScanResult:
     from bot.registry.integrity import IntegrityChecker
+    from bot.registry.progress import ScanProgress
     from bot.registry.scan import keep_problems, scan_registry
     from bot.registry.session import open_registry
     from bot.secrets import SecretResolver
+    from bot.terminal import ProgressLine
 
     async with open_registry(settings, SecretResolver(settings)) as client:
         client.slots.limit(rate)
-        checker = IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep))
-        return await scan_registry(
-            client, tags_per_repo=tags_per_repo, checker=checker, on_result=on_result, keep=keep_problems
-        )
+        progress = ScanProgress()
+        line = ProgressLine.on_terminal(progress)  # stderr only, and only on a terminal
+        try:
+            return await scan_registry(
+                client,
+                tags_per_repo=tags_per_repo,
+                checker=IntegrityChecker(client, deep=deep),
+                on_result=on_result,
+                keep=keep_problems,
+                progress=progress,
+            )
+        finally:
+            if line is not None:
+                await line.close()
 
 
 def parse_duration(text: str) -> float:

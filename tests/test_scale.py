@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import fcntl
+import itertools
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +31,7 @@ from bot.registry.model import CheckResult
 from bot.registry.pace import MIN_SPREAD_RATE, TokenBucket, spread_rate
 from bot.registry.scan import ScanResult, keep_problems, scan_registry
 from tests.conftest import run_cli
-from tests.harness import CHANNEL, BotProcess
+from tests.harness import CHANNEL, VIEWER, BotProcess, roots
 from tests.peers.forgejo import ForgejoStandIn
 from tests.peers.registry import ImagePusher, Registry
 from tests.peers.slack_api import SlackStandIn
@@ -196,3 +201,67 @@ def test_the_bucket_holds_any_minute_within_two_percent_and_the_spread_has_a_flo
     assert TokenBucket(0).reserve(5.0) == 0.0
     assert spread_rate(None, 900) == 0.0 and spread_rate(5000, 0) == 0.0
     assert spread_rate(45_000, 900) == 100.0 and spread_rate(50, 900) == MIN_SPREAD_RATE
+
+
+@pytest.mark.parametrize("size", [(40, 132), None], ids=["sized terminal", "bare pty"])
+def test_progress_goes_to_a_terminals_stderr_only(many, size):
+    """stderr a pty (a person at a terminal), stdout a pipe: the line is drawn on the terminal with the tags,
+    the broken, the requests per second and the ETA; stdout holds only the JSON lines."""
+    controller, terminal = pty.openpty()
+    if size is not None:  # as a terminal emulator or tmux sets it
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+    scan = scan_process(many.url, "--jsonl", "--rate", "100", stdout=subprocess.PIPE, stderr=terminal)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's last writer is gone
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    assert scan.stdout is not None
+    out = scan.stdout.read()
+    assert scan.wait(60) == 1
+    os.close(controller)
+    lines = out.splitlines()
+    assert len(lines) == REPOS * TAGS + 1 and all(json.loads(line) for line in lines)
+    assert "\r" not in out and "requests/s" not in out
+    shown = drawn.decode(errors="replace")
+    assert f"/{REPOS * TAGS} tags" in shown and "1 broken" in shown and "requests/s" in shown, shown[-500:]
+    assert "<00:0" in shown, "no ETA was drawn"
+
+
+def test_slack_scan_messages_edit_themselves_with_progress_and_end_with_the_summary(many):
+    """`/registry scan` and the leader's deep scan, held to 60 requests a second (about 8 s each): each posts
+    one message, edits it with the figures at most every 5 s, and ends it with its summary."""
+    with SlackStandIn(channels={CHANNEL: "alerts"}) as slack:
+        env = {"REGISTRY_URL": many.url, "REGISTRY_KIND": "distribution", "SCAN_RATE_LIMIT": "60",
+               "DEEP_SCAN_INTERVAL": "3", "LEADER_ELECTION": "database"}  # fmt: skip
+        with BotProcess(slack, env) as bot:
+            assert "Scanning" in bot.command("scan", user=VIEWER).json()["text"]
+            scanned = slack.wait_for(lambda s: _ended(s, "🔎 Scanning", "🔴 Scan of"), timeout=60)
+            deep = slack.wait_for(lambda s: _ended(s, "🔎 Deep scan of", "🔴 Deep scan of"), timeout=60)
+        updates = slack.calls_to("chat.update")
+    for message, ending in ((scanned, "🔴 Scan of"), (deep, "🔴 Deep scan of")):
+        shown = [edit["text"] for edit in message["edits"]]
+        progress = [text for text in shown if f"of {REPOS * TAGS} tags" in text]
+        assert progress, shown
+        assert all("broken" in text and "requests/s" in text and "ETA" in text for text in progress), progress
+        assert message["text"].startswith(ending), message["text"]
+        assert f"{REPOS * TAGS} tags in {REPOS} repositories, 1 broken" in message["text"]
+        edited = sorted(c.time for c in updates if c.params.get("ts") == message["ts"])
+        gaps = [later - earlier for earlier, later in itertools.pairwise(edited[:-1])]
+        assert all(gap >= 4.5 for gap in gaps), gaps  # every 5 s; only the summary may come sooner
+    assert "viktor/svc-07:v1" in scanned["text"]  # the deep scan's broken tags get their own incidents
+    assert "hashed" in deep["text"] and "viktor/svc-07:v1" not in deep["text"]
+
+
+def _ended(slack: SlackStandIn, heading: str, summary: str) -> dict[str, Any] | None:
+    """The root message that began with `heading` once it ends with `summary`."""
+    for message in roots(slack):
+        first = message["edits"][0]["text"] if message["edits"] else message["text"]
+        if first.startswith(heading) and message["text"].startswith(summary):
+            return message
+    return None

@@ -9,6 +9,7 @@ from bot import metrics
 from bot.config import Settings
 from bot.engine.intake import Intake
 from bot.engine.ports import Audit, Notifier, Supervisor
+from bot.engine.scans import shown_while
 from bot.errors import UserFacingError
 from bot.incidents.lifecycle import StepState
 from bot.incidents.models import Incident
@@ -98,9 +99,11 @@ class Commands:
         return current if current and current != ref.digest else None
 
     async def command_scan(self, user: str | None, channel: str) -> ScanResult:
-        scan = await self.intake.scan()
-        await self.audit("scan", "error" if scan.error else f"{len(scan.broken)} broken", user=user)
-        await self.notifier.scan_summary(channel, user, scan)
+        """A scan (or the one running, joined) in a message that shows its progress every 5 s, then its summary."""
+        live = self.notifier.live_message(channel, f"🔎 Scanning {self.settings.registry_host}")
+        scan = await shown_while(live, self.intake.scan(), lambda: self.intake.scans.progress)
+        await self.audit("scan", "error" if scan.error else f"{scan.tally.broken} broken", user=user)
+        await self.notifier.scan_summary(channel, user, scan, live)
         await self.intake.report_scan(scan, "scan", user)
         return scan
 

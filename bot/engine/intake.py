@@ -14,7 +14,7 @@ from bot.alerts import INFO_ALERTS, INTEGRITY_FAILURE, Alert, Notification
 from bot.config import Settings
 from bot.engine.ports import Audit, Notifier, Supervisor
 from bot.engine.runner import Runner
-from bot.engine.scans import Scans
+from bot.engine.scans import Scans, shown_while
 from bot.errors import BadReference, UserFacingError
 from bot.incidents.lifecycle import Phase
 from bot.incidents.models import Incident, InfoAlert
@@ -70,8 +70,11 @@ class Intake:
         return await self.scans.scan(spread)
 
     async def deep_scan_once(self) -> ScanResult:
-        """Every tag walked and every layer hashed; incidents for what broke."""
-        scan = await self.scans.deep_scan()
+        """Every tag walked and every layer hashed, its progress in a channel message; incidents for what broke."""
+        channel = self.settings.slack_channel
+        live = self.notifier.live_message(channel, f"🔎 Deep scan of {self.settings.registry_host}: every layer hashed")
+        scan = await shown_while(live, self.scans.deep_scan(), lambda: self.scans.deep_progress)
+        await self.notifier.scan_summary(channel, None, scan, live)
         summary = scan.summary()
         log.info("deep scan: %s", {k: summary.get(k) for k in ("tags", "broken", "errors", "elapsed_ms")})
         await self.report_scan(scan, "deep_scan")

@@ -10,18 +10,22 @@ waits for (`/registry scan`, an alert) is not spread, and lifts the spread of a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from bot import metrics
 from bot.config import Settings
+from bot.engine.ports import RunProgress
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.pace import RequestSlots, spread_rate
-from bot.registry.progress import ScanProgress
+from bot.registry.progress import ScanProgress, progress_text
 from bot.registry.scan import ScanResult, keep_problems, scan_registry
 from bot.registry.session import open_registry
 from bot.secrets import SecretResolver
 
 log = logging.getLogger(__name__)
+SHOW_EVERY = 5.0  # seconds between a scan message's edits in Slack
 
 
 class Scans:
@@ -73,3 +77,24 @@ class Scans:
             self._last_requests[kind] = scan.requests
         metrics.observe_scan(self.settings.instance, kind, scan.requests, scan.elapsed_ms / 1000, scan.rate_limit)
         return scan
+
+
+async def shown_while(
+    live: RunProgress, work: Awaitable[ScanResult], progress_of: Callable[[], ScanProgress | None]
+) -> ScanResult:
+    """Await `work` (a scan) while `live` (a message that edits itself) shows its progress every SHOW_EVERY
+    seconds: tags done of listed, broken so far, requests per second, ETA. The caller puts the summary in it."""
+
+    async def show() -> None:
+        while True:
+            progress = progress_of()
+            await live.step("scan", progress_text(progress) if progress is not None else "listing repositories…")
+            await asyncio.sleep(SHOW_EVERY)
+
+    ticker = asyncio.ensure_future(show())
+    try:
+        return await work
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker

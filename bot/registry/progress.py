@@ -4,9 +4,14 @@ edits itself show the same figures (tags done of listed, broken so far, requests
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.registry.model import human_bytes
+
+RATE_WINDOW = 5.0  # seconds the shown request rate is measured over: the pace now, not the start's burst
+SAMPLE_EVERY = 0.5
 
 
 @dataclass
@@ -18,19 +23,43 @@ class ScanProgress:
     done: int = 0
     broken: int = 0
     errors: int = 0
-    requests: int = 0  # requests sent to the registry so far
-    bytes_hashed: int = 0  # a deep scan's layer and config bytes read and hashed so far
     deep: bool = False
     started: float = field(default_factory=time.monotonic)
+    # Read when shown, so the figures move between tags too (the scan points them at its client and checker).
+    count_requests: Callable[[], int] = field(default=lambda: 0, repr=False)
+    count_bytes: Callable[[], int] = field(default=lambda: 0, repr=False)
+    _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=16), repr=False)
+
+    @property
+    def requests(self) -> int:
+        """Requests sent to the registry so far."""
+        return self.count_requests()
+
+    @property
+    def bytes_hashed(self) -> int:
+        """A deep scan's layer and config bytes read and hashed so far."""
+        return self.count_bytes()
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def sample(self) -> None:
+        """Note the requests sent by now (at most every SAMPLE_EVERY s): the rate is read over the last few."""
+        now = time.monotonic()
+        if not self._samples or now - self._samples[-1][0] >= SAMPLE_EVERY:
+            self._samples.append((now, self.requests))
+
     @property
     def request_rate(self) -> float:
+        """Requests per second over the last RATE_WINDOW seconds (since the start, early on)."""
+        self.sample()
+        now, sent = time.monotonic(), self.requests
+        since = next(((at, n) for at, n in self._samples if now - at <= RATE_WINDOW), None)
+        if since is not None and now - since[0] >= 1.0:
+            return (sent - since[1]) / (now - since[0])
         elapsed = self.elapsed
-        return self.requests / elapsed if elapsed > 0 else 0.0
+        return sent / elapsed if elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:
@@ -50,8 +79,9 @@ def progress_text(progress: ScanProgress) -> str:
         parts.append(f"{progress.errors:,} not checked")
     parts.append(f"{progress.request_rate:,.0f} requests/s")
     if progress.deep:
-        rate = progress.bytes_hashed / progress.elapsed if progress.elapsed > 0 else 0.0
-        parts.append(f"{human_bytes(progress.bytes_hashed)} hashed ({human_bytes(round(rate))}/s)")
+        hashed, elapsed = progress.bytes_hashed, progress.elapsed
+        rate = hashed / elapsed if elapsed > 0 else 0.0
+        parts.append(f"{human_bytes(hashed)} hashed ({human_bytes(round(rate))}/s)")
     eta = progress.eta
     parts.append(f"ETA {duration(eta)}" if eta is not None else "ETA when every repository is listed")
     return ", ".join(parts)

@@ -201,6 +201,8 @@ async def scan_registry(
     checker = checker or IntegrityChecker(client)
     progress = progress or ScanProgress()
     progress.deep = result.deep = checker.deep
+    progress.count_requests = lambda: client.slots.sent - first_request
+    progress.count_bytes = lambda: checker.bytes_hashed
     try:
         repositories, result.listed_by = await list_repositories(client)
     except CouldNotCheck as exc:
@@ -209,7 +211,7 @@ async def scan_registry(
     else:
         result.repositories = len(repositories)
         walk = _Walk(client, checker, result, progress, on_result, keep, tags_per_repo)
-        await walk.run(iter(repositories), first_request)
+        await walk.run(iter(repositories))
     result.bytes_verified = checker.bytes_hashed
     result.requests = client.slots.sent - first_request
     result.elapsed_ms = round((time.perf_counter() - started) * 1000)
@@ -239,10 +241,8 @@ class _Walk:
         self.tags_per_repo = tags_per_repo
         self._queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
         self._open: dict[str, int] = {}  # repository -> its tags not done yet
-        self._first_request = client.slots.sent
 
-    async def run(self, repositories: Iterator[str], first_request: int) -> None:
-        self._first_request = first_request
+    async def run(self, repositories: Iterator[str]) -> None:
         async with asyncio.TaskGroup() as group:
             listers = [group.create_task(self._list(repositories)) for _ in range(LISTINGS_IN_FLIGHT)]
             for _ in range(TAGS_IN_FLIGHT):
@@ -297,7 +297,6 @@ class _Walk:
         progress.done += 1
         progress.broken += outcome.status == "broken"
         progress.errors += outcome.status == "error"
-        progress.requests = self.client.slots.sent - self._first_request
-        progress.bytes_hashed = self.checker.bytes_hashed
+        progress.sample()
         if self.on_result is not None:
             self.on_result(outcome)

@@ -112,8 +112,15 @@ class SlackNotifier:
         where = blocks.link(self.slack.permalink(incident.channel or "", incident.root_ts or ""), f"#{incident.id}")
         await self.slack.ephemeral(channel, user, f"🔴 {escape(incident.image)} is broken: incident {where}.")
 
-    async def scan_summary(self, channel: str, user: str | None, scan: ScanResult) -> None:
+    async def scan_summary(
+        self, channel: str, user: str | None, scan: ScanResult, live: RunProgress | None = None
+    ) -> None:
         text, message = blocks.scan_summary(scan, user)
+        if isinstance(live, SlackProgress):
+            await live.flush()  # its last progress edit first, so the summary is the message's last word
+            if live.ts is not None:
+                await self.slack.update(live.channel, live.ts, text, message)
+                return
         await self.slack.post(channel, text, message)
 
     async def channel_note(self, text: str) -> None:
