@@ -24,12 +24,14 @@ from typing import Any
 import pytest
 
 from bot.config import Settings
+from bot.engine.scans import Scans
 from bot.registry import scan as scan_module
 from bot.registry.client import RegistryClient
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
 from bot.registry.pace import MIN_SPREAD_RATE, TokenBucket, spread_rate
 from bot.registry.scan import ScanResult, keep_problems, scan_registry
+from bot.secrets import SecretResolver
 from tests.conftest import run_cli
 from tests.harness import CHANNEL, VIEWER, BotProcess, roots
 from tests.peers.forgejo import ForgejoStandIn
@@ -90,6 +92,7 @@ def test_memory_stays_flat_across_repositories(many, monkeypatch):
     # manifest, its config and two layers each): never one task per tag or per repository.
     assert tasks <= 1 + scan_module.LISTINGS_IN_FLIGHT + 4 + 4 * 4, tasks
     assert checker._cache == {}, "a repository's shared objects outlived the scan"
+    assert checker.blobs.layer_sizes == {}, "a repository's layer sizes outlived the scan"
 
 
 def scan_process(url: str, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[str]:
@@ -265,3 +268,23 @@ def _ended(slack: SlackStandIn, heading: str, summary: str) -> dict[str, Any] | 
         if first.startswith(heading) and message["text"].startswith(summary):
             return message
     return None
+
+
+def test_a_scan_someone_waits_for_lifts_the_spread_of_the_probe_it_joins(many):
+    """The second probe is spread (10 requests a second here: ~45 s); `/registry scan` joining it after a
+    second makes it run unpaced, and both get the same result within seconds."""
+    settings = Settings(registry_url=many.url, registry_kind="distribution", scan_interval=200)
+    scans = Scans(settings, SecretResolver(settings))
+
+    async def probe_then_join() -> tuple[ScanResult, ScanResult, ScanResult, float]:
+        first = await scans.scan(spread=True)  # nothing to go by yet: unpaced
+        probe = asyncio.ensure_future(scans.scan(spread=True))
+        await asyncio.sleep(1.0)
+        started = time.monotonic()
+        joined = await scans.scan()
+        return first, await probe, joined, time.monotonic() - started
+
+    first, probe, joined, waited = asyncio.run(probe_then_join())
+    assert first.rate_limit == 0 and probe.rate_limit == MIN_SPREAD_RATE
+    assert joined is probe and probe.tally.tags == REPOS * TAGS
+    assert waited < 20, f"the joined scan kept the probe's pace ({waited:.0f} s)"

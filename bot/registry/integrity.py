@@ -96,7 +96,8 @@ class IntegrityChecker:
     @property
     def layer_bytes(self) -> int:
         """Bytes of the distinct layers this run met: what hashing them all would read."""
-        return sum(self.blobs.layer_sizes.values())
+        distinct = {digest: size for sizes in self.blobs.layer_sizes.values() for digest, size in sizes.items()}
+        return sum(distinct.values())
 
     @property
     def bytes_hashed(self) -> int:
@@ -132,6 +133,7 @@ class IntegrityChecker:
         since no check waits for them any more."""
         for task in self._cache.pop(name, {}).values():
             task.cancel()
+        self.blobs.forget(name)
 
     def _cached(self, key: tuple[str, str, str], make: Any) -> asyncio.Task[Outcome]:
         name, kind, digest = key
