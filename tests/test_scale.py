@@ -288,3 +288,13 @@ def test_a_scan_someone_waits_for_lifts_the_spread_of_the_probe_it_joins(many):
     assert first.rate_limit == 0 and probe.rate_limit == MIN_SPREAD_RATE
     assert joined is probe and probe.tally.tags == REPOS * TAGS
     assert waited < 20, f"the joined scan kept the probe's pace ({waited:.0f} s)"
+
+
+def test_a_reader_that_goes_away_ends_the_scan_quietly(many):
+    """`scan --jsonl | head -1`: the first line, then an exit without a word (no traceback, no 'internal error')."""
+    scan = scan_process(many.url, "--jsonl", "--rate", "200", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert scan.stdout is not None and scan.stderr is not None
+    first = json.loads(scan.stdout.readline())
+    scan.stdout.close()
+    assert scan.wait(60) == 2
+    assert first["reference"].startswith("viktor/svc-") and scan.stderr.read() == ""

@@ -243,14 +243,17 @@ class _Walk:
         self._open: dict[str, int] = {}  # repository -> its tags not done yet
 
     async def run(self, repositories: Iterator[str]) -> None:
-        async with asyncio.TaskGroup() as group:
-            listers = [group.create_task(self._list(repositories)) for _ in range(LISTINGS_IN_FLIGHT)]
-            for _ in range(TAGS_IN_FLIGHT):
-                group.create_task(self._walk())
-            await asyncio.gather(*listers)
-            self.progress.listing_done = True
-            for _ in range(TAGS_IN_FLIGHT):
-                self._queue.put_nowait(None)  # one stop for each walker, after every tag
+        try:
+            async with asyncio.TaskGroup() as group:
+                listers = [group.create_task(self._list(repositories)) for _ in range(LISTINGS_IN_FLIGHT)]
+                for _ in range(TAGS_IN_FLIGHT):
+                    group.create_task(self._walk())
+                await asyncio.gather(*listers)
+                self.progress.listing_done = True
+                for _ in range(TAGS_IN_FLIGHT):
+                    self._queue.put_nowait(None)  # one stop for each walker, after every tag
+        except BaseExceptionGroup as failed:  # the first failure, as the caller would see it from one task
+            raise failed.exceptions[0] from None
 
     async def _list(self, repositories: Iterator[str]) -> None:
         for name in repositories:  # shared by the listers: each takes the next repository
