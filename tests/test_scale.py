@@ -298,3 +298,13 @@ def test_a_reader_that_goes_away_ends_the_scan_quietly(many):
     scan.stdout.close()
     assert scan.wait(60) == 2
     assert first["reference"].startswith("viktor/svc-") and scan.stderr.read() == ""
+
+
+def test_a_catalog_that_lists_a_repository_twice_walks_it_twice_and_forgets_it_once(many):
+    with ForgejoStandIn(many) as front:
+        twice = json.dumps({"repositories": ["viktor/svc-01", "viktor/svc-01", "viktor/svc-02"]}).encode()
+        front.tamper("GET", r"^/v2/_catalog", status=200, body=twice)
+        run = run_cli("scan", "--json", env={"REGISTRY_URL": front.url, "REGISTRY_KIND": "distribution", **PULL})
+    assert run.code == 0, run.stderr
+    references = [r["reference"] for r in run.json()["results"]]
+    assert len(references) == 3 * TAGS and len(set(references)) == 2 * TAGS

@@ -272,7 +272,7 @@ class _Walk:
                 self._refuse(f"{name}:{tag}", f"The registry listed '{_clip(tag)}' in {name}, which is not a valid "
                                               "tag; it was not checked.")  # fmt: skip
             if tags:
-                self._open[name] = len(tags)
+                self._open[name] = self._open.get(name, 0) + len(tags)  # a catalog may list a name twice
                 self.progress.listed += len(tags)
                 for tag in tags:
                     self._queue.put_nowait((name, tag))
