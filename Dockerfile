@@ -8,8 +8,10 @@
 #            with --no-deps, then `pip check`. Every dependency ships a wheel, so no compiler is installed here
 #            or anywhere. Then it leaves out what the bot never loads: the tests, test harnesses and type stubs
 #            that packages ship, kubernetes/aio (an asyncio copy of the whole client, 66 MB; the bot uses the
-#            synchronous one), and pip and setuptools (nothing is installed at run time): 374 MB -> 280 MB on
-#            the Debian base of `make image`, whose image-test imports every module the bot imports.
+#            synchronous one), githubkit's TypedDicts and webhook schemas (imported only by type checkers and
+#            webhook code; its models stay, compiled on first import), and pip and setuptools (nothing is
+#            installed at run time): on the Debian base of `make image`, whose image-test imports every module
+#            the bot imports.
 #   runtime  the same base, /opt/venv, and an unprivileged numeric user. Nothing else: no build tools, no
 #            source tree. It runs with a read-only root filesystem (manifests/base/deployment.yaml); only /tmp is
 #            written.
@@ -25,6 +27,9 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --requirement constraints.txt \
     && site=/opt/venv/lib/python3.11/site-packages \
     && rm -rf "$site/kubernetes/aio" \
+    && rm -rf "$site"/githubkit_schemas/v*/types "$site"/githubkit_schemas/v*/webhooks \
+              "$site"/githubkit_schemas/latest/types.py "$site"/githubkit_schemas/latest/webhooks.py \
+    && find "$site/githubkit_schemas" -name __pycache__ -prune -exec rm -rf {} + \
     && find "$site" -depth \( -type d \( -name tests -o -name test -o -name testing \) \
        -o -type f \( -name '*.pyi' -o -name '*_test.py' -o -name '*_test.cpython-*.pyc' \) \) -exec rm -rf {} +
 COPY pyproject.toml README.md ./

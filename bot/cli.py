@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from bot.refs import ImageRef
     from bot.registry.blobs import DeepProgress
     from bot.registry.model import CheckResult
+    from bot.registry.registries import RegistryConfig
     from bot.registry.scan import ScanResult
 
 EXIT_INTACT, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
     scan.add_argument(
         "--rate", type=float, metavar="N", help="at most N registry requests a second (default: SCAN_RATE_LIMIT)"
+    )
+    scan.add_argument(
+        "--registry", action="append", metavar="HOST", help="only this registry (by host; may be repeated)"
     )
 
     commands.add_parser("serve", help="run the Slack bot")
@@ -115,24 +119,29 @@ def _check(args: argparse.Namespace) -> int:
     from bot.errors import BadReference
     from bot.refs import parse_reference
     from bot.registry.model import CheckResult
+    from bot.registry.registries import all_hosts, for_host, registry_list
 
     settings: Settings | None = None
     ref: ImageRef | None = None
+    entry: RegistryConfig | None = None
     try:
         settings = load_settings()
         try:
-            ref = parse_reference(args.reference, settings.all_registry_hosts)
+            ref = parse_reference(args.reference, all_hosts(settings))
         except BadReference:
-            if settings.registry_url:
+            if registry_list(settings):
                 raise
             # Without a registry, a host prefix cannot be judged: the missing setting is the thing to fix.
-        settings.require("registry_url")
+        if not registry_list(settings):
+            settings.require("registry_url")
         assert ref is not None
-        result = asyncio.run(_check_one(settings, ref, args.deep))
+        entry = for_host(settings, ref.host)  # the reference's host names it: parse_reference refused others
+        assert entry is not None
+        result = asyncio.run(_check_one(settings, entry, ref, args.deep))
     except UserFacingError as exc:
         result = CheckResult(
             reference=str(ref) if ref else args.reference[:200],
-            registry=settings.registry_host if settings else "",
+            registry=entry.host if entry else "",
             status="error",
             error=str(exc),
         )
@@ -142,18 +151,26 @@ def _check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json()))
     else:
-        print(result.verdict())
-        for problem in result.problems:
-            print(f"  {problem.summary()}")
+        _print_verdict(result, entry)
     return result.exit_code
 
 
-async def _check_one(settings: Settings, ref: ImageRef, deep: bool) -> CheckResult:
+def _print_verdict(result: CheckResult, entry: RegistryConfig | None) -> None:
+    from bot.registry.ghcr import retention_hint
+
+    print(result.verdict())
+    for problem in result.problems:
+        print(f"  {problem.summary()}")
+    if entry is not None and (hint := retention_hint(entry.kind, result)):
+        print(f"  {hint}")
+
+
+async def _check_one(settings: Settings, entry: RegistryConfig, ref: ImageRef, deep: bool) -> CheckResult:
     from bot.registry.integrity import IntegrityChecker
     from bot.registry.session import open_registry
     from bot.secrets import SecretResolver
 
-    async with open_registry(settings, SecretResolver(settings)) as client:
+    async with open_registry(settings, SecretResolver(settings), registry=entry) as client:
         return await IntegrityChecker(client, deep=deep, on_progress=_progress_line(deep)).check(ref)
 
 
@@ -177,19 +194,23 @@ def _clear_progress_line(deep: bool) -> None:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    from bot.registry.multiscan import exit_code, json_document, select_registries, summary_of
+
     settings = load_settings()
-    settings.require("registry_url")
     if args.tags_per_repo is not None and args.tags_per_repo < 0:
         print("registry-bot: --tags-per-repo must be 0 or more.", file=sys.stderr)
         return EXIT_ERROR
-    rate = settings.scan_rate_limit if args.rate is None else args.rate
-    if not 0 <= rate < float("inf"):
+    if args.rate is not None and not 0 <= args.rate < float("inf"):
         print("registry-bot: --rate must be a number of requests per second, 0 (unlimited) or more.", file=sys.stderr)
         return EXIT_ERROR
-    collected: list[tuple[str, str]] = []  # --json: (reference, the result's JSON), not the results themselves
+    entries = select_registries(settings, args.registry)
+    if not entries:
+        settings.require("registry_url")
+    order = {entry.host: index for index, entry in enumerate(entries)}
+    collected: list[tuple[int, str, str]] = []  # --json: (registry, reference, the result's JSON), not results
 
     def collect(result: CheckResult) -> None:
-        collected.append((result.reference, json.dumps(result.to_json())))
+        collected.append((order.get(result.registry, 0), result.reference, json.dumps(result.to_json())))
 
     def line(result: CheckResult) -> None:  # --jsonl: out as soon as it is done
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
@@ -197,27 +218,28 @@ def _scan(args: argparse.Namespace) -> int:
 
     on_result = collect if args.json else line if args.jsonl else None
     try:
-        scan = asyncio.run(_scan_all(settings, args.tags_per_repo, args.deep, rate, on_result))
+        scans = asyncio.run(_scan_all(settings, entries, args.tags_per_repo, args.deep, args.rate, on_result))
     except UserFacingError as exc:
-        summary = {"registry": settings.registry_host, "status": "error", "error": str(exc)}
+        hosts = ",".join(entry.host for entry in entries)
+        summary = {"registry": hosts, "status": "error", "error": str(exc)}
         if args.json:
             print(json.dumps({"results": [], "summary": summary}))
         elif args.jsonl:
             print(json.dumps({"summary": summary}))
         else:
-            print(f"COULD NOT SCAN {settings.registry_host}: {exc}")
+            print(f"COULD NOT SCAN {hosts}: {exc}")
         return EXIT_ERROR
     if args.json:
-        results = ", ".join(text for _, text in sorted(collected))
-        print(f'{{"results": [{results}], "summary": {json.dumps(scan.summary())}}}')
+        print(json_document(scans, [text for _, _, text in sorted(collected)]))
     elif args.jsonl:
-        print(json.dumps({"summary": scan.summary()}))
+        print(json.dumps(summary_of(scans)))
     else:
-        _print_scan(scan)
-    return scan.exit_code
+        for scan, entry in zip(scans, entries, strict=True):
+            _print_scan(scan, entry)
+    return exit_code(scans)
 
 
-def _print_scan(scan: ScanResult) -> None:
+def _print_scan(scan: ScanResult, entry: RegistryConfig) -> None:
     from bot.registry.model import human_bytes
 
     if scan.error:
@@ -231,41 +253,40 @@ def _print_scan(scan: ScanResult) -> None:
         f"({summary['objects_checked']} objects{hashed}, {summary['elapsed_ms']} ms, listed by {scan.listed_by})."
     )
     for result in sorted(scan.results, key=lambda r: r.reference):  # only what is not intact was kept
-        print(result.verdict())
-        for problem in result.problems:
-            print(f"  {problem.summary()}")
+        _print_verdict(result, entry)
 
 
 async def _scan_all(
     settings: Settings,
+    entries: tuple[RegistryConfig, ...],
     tags_per_repo: int | None,
     deep: bool,
-    rate: float,
+    rate: float | None,
     on_result: Callable[[CheckResult], None] | None,
-) -> ScanResult:
-    from bot.registry.integrity import IntegrityChecker
+) -> list[ScanResult]:
+    from bot.registry.multiscan import configured_rate, scan_registries
     from bot.registry.progress import ScanProgress
-    from bot.registry.scan import keep_problems, scan_registry
-    from bot.registry.session import open_registry
+    from bot.registry.scan import keep_problems
     from bot.secrets import SecretResolver
     from bot.terminal import ProgressLine
 
-    async with open_registry(settings, SecretResolver(settings)) as client:
-        client.slots.limit(rate)
-        progress = ScanProgress()
-        line = ProgressLine.on_terminal(progress)  # stderr only, and only on a terminal
-        try:
-            return await scan_registry(
-                client,
-                tags_per_repo=tags_per_repo,
-                checker=IntegrityChecker(client, deep=deep),
-                on_result=on_result,
-                keep=keep_problems,
-                progress=progress,
-            )
-        finally:
-            if line is not None:
-                await line.close()
+    progress = ScanProgress()
+    line = ProgressLine.on_terminal(progress)  # stderr only, and only on a terminal
+    try:
+        return await scan_registries(
+            settings,
+            SecretResolver(settings),
+            entries,
+            tags_per_repo=tags_per_repo,
+            deep=deep,
+            on_result=on_result,
+            keep=keep_problems,
+            progress=progress,
+            rate_of=configured_rate(settings) if rate is None else lambda entry: rate,
+        )
+    finally:
+        if line is not None:
+            await line.close()
 
 
 def parse_duration(text: str) -> float:
@@ -328,7 +349,7 @@ def _settings(args: argparse.Namespace) -> int:
         print("| Setting | Default | Meaning |")
         print("|---|---|---|")
     for f in setting_fields():
-        if f.name == "images":
+        if f.name in ("images", "registries"):
             continue
         doc = str(f.metadata.get("doc", ""))
         if args.markdown:
@@ -344,7 +365,26 @@ def _settings(args: argparse.Namespace) -> int:
             print(f"| `{f.name.upper()}` | {default} | {doc}{source} |")
         else:
             print(f"{f.name.upper()}={_show(getattr(current, f.name), markdown=False)}")
+    _show_registries(current, args.markdown)
     return 0
+
+
+def _show_registries(current: Settings, markdown: bool) -> None:
+    """The registries: each entry's keys (markdown: the table of keys an entry of `registries:` may have)."""
+    from bot.registry.registries import KEYS, registry_list
+
+    if markdown:
+        print()
+        print("| `registries:` key | Meaning |")
+        print("|---|---|")
+        for key, meaning in KEYS.items():
+            print(f"| `{key}` | {meaning}. |")
+        return
+    entries = registry_list(current)
+    source = "the config file's registries" if current.registries else "REGISTRY_URL and its friends"
+    print(f"REGISTRIES={len(entries)} ({source}; the first is the default for references without a host)")
+    for index, entry in enumerate(entries, start=1):
+        print(f"REGISTRIES[{index}]={entry.describe()}")
 
 
 def _show(value: Any, markdown: bool = True) -> str:

@@ -185,6 +185,8 @@ class Settings:
     pod_namespace: str = _setting("registry-bot", "This replica's namespace (the Lease lives here).")
     # Per-image CI mapping, from the YAML file only: {"owner/name": {"ci", "repo", "branch", "workflow", "ref"}}.
     images: dict[str, Any] = field(default_factory=dict, metadata={"doc": "YAML only: per-image CI mapping."})
+    # Several registries, from the YAML file only (bot/registry/registries.py): RegistryConfig entries.
+    registries: tuple[Any, ...] = field(default=(), metadata={"doc": "YAML only: the registries, the default first."})
 
     # --- derived --------------------------------------------------------------------------------------
     @property
@@ -280,6 +282,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values: dict[str, Any] = {}
     for f in setting_fields():
         type_name = str(f.type)
+        if f.name == "registries":
+            continue
         if f.name in _FILE_ONLY:
             if file_values.get(f.name) is not None:
                 if not isinstance(file_values[f.name], dict):
@@ -291,13 +295,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[f.name] = _coerce(f.name, type_name, env[env_name])
         elif f.name in file_values and file_values[f.name] is not None:
             values[f.name] = _coerce(f.name, type_name, file_values[f.name])
+    if file_values.get("registries") is not None:
+        if values.get("registry_url"):
+            raise ConfigError(
+                "Both REGISTRY_URL and the config file's `registries:` list are set; give one: the list, or "
+                "REGISTRY_URL and its friends for a single registry."
+            )
+        from bot.registry.registries import parse_registries
+
+        values["registries"] = parse_registries(file_values["registries"])
     settings = Settings(**values)
     _validate(settings)
     return settings
 
 
-# Structured sections only the YAML file can hold (per-image CI mappings and the like).
-_FILE_ONLY = {"images"}
+# Structured sections only the YAML file can hold (per-image CI mappings, the registries list).
+_FILE_ONLY = {"images", "registries"}
 
 
 def _validate(settings: Settings) -> None:

@@ -36,6 +36,8 @@ class ImageRef:
     digest: str | None = None
     # True when the text named no tag nor digest and `latest` was taken, as docker and skopeo do.
     tag_implied: bool = field(default=False, compare=False)
+    # The registry host the text named (lower case); None for the default registry.
+    host: str | None = field(default=None, compare=False)
 
     @property
     def implied_note(self) -> str | None:
@@ -107,7 +109,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     `registry_hosts` are the host[:port] names of the configured registry; a reference naming any other
     host is refused, since the bot holds credentials for its own registry only.
     """
-    raw = text.strip()
+    raw = text.strip(" \t\r\n")  # ASCII white space only: a trailing NEL (\x85) is part of the text, and refused
     if not raw:
         raise BadReference("No image given: expected owner/name:tag or owner/name@sha256:<digest>.")
     if len(raw) > MAX_REFERENCE_LENGTH:
@@ -131,6 +133,7 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
         if host.lower() not in allowed:
             named = ", ".join(sorted(allowed)) or "none configured"
             raise BadReference(f"'{host}' is not this bot's registry ({named}); it checks only its own registry.")
+        host = host.lower()
 
     tag = None
     last_slash = remainder.rfind("/")
@@ -156,8 +159,8 @@ def parse_reference(text: str, registry_hosts: tuple[str, ...] = ()) -> ImageRef
     if len(name) > MAX_NAME_LENGTH:
         raise BadReference(f"The repository name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}.")
     if tag is None and digest is None:
-        return ImageRef(name=name, tag=DEFAULT_TAG, tag_implied=True)
-    return ImageRef(name=name, tag=tag, digest=digest)
+        return ImageRef(name=name, tag=DEFAULT_TAG, tag_implied=True, host=host)
+    return ImageRef(name=name, tag=tag, digest=digest, host=host)
 
 
 def _clip(text: str, limit: int = 80) -> str:

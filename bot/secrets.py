@@ -68,3 +68,19 @@ class SecretResolver:
                 self._cache[name] = value.reveal() if value else ""
                 register_secret(self._cache[name])  # never in a log line, wherever it came from
             return self._cache[name]
+
+    async def read_vault(self, path: str, field: str) -> str:
+        """One field of a Vault KV secret (a registry entry's `password_vault`), cached; masked in logs.
+        Raises SecretUnavailable, or ConfigError when VAULT_ADDR is not set."""
+        from bot.logsetup import register_secret
+
+        key = f"vault:{path}#{field}"
+        async with self._lock:
+            if key not in self._cache:
+                if not self.settings.vault_addr:
+                    raise ConfigError(f"A registry's secret is in Vault ({path}#{field}), but VAULT_ADDR is not set.")
+                from bot.integrations.vault import Vault
+
+                self._cache[key] = await asyncio.to_thread(Vault(self.settings).read, path, field)
+                register_secret(self._cache[key])
+            return self._cache[key]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from bot.slack.gateway import SlackGateway
 
 log = logging.getLogger("bot.serve")
-REQUIRED = ("registry_url", "slack_bot_token", "slack_signing_secret", "slack_channel", "alertmanager_token")
+REQUIRED = ("slack_bot_token", "slack_signing_secret", "slack_channel", "alertmanager_token")
 START_SECRETS = ("slack_bot_token", "slack_signing_secret", "slack_app_token", "alertmanager_token", "database_url")
 
 
@@ -40,7 +40,10 @@ def serve(settings: Settings) -> int:
         from bot.secrets import resolve_secrets
 
         settings = resolve_secrets(settings, START_SECRETS)
-        settings.require(*REQUIRED)
+        from bot.registry.registries import registry_list
+
+        # A registry: REGISTRY_URL, unless the config file lists `registries:`.
+        settings.require(*(REQUIRED if registry_list(settings) else ("registry_url", *REQUIRED)))
     except UserFacingError as exc:
         print(f"registry-bot: {exc}", file=sys.stderr)
         return 2
@@ -171,7 +174,6 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop_serving)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign,attr-defined]
     # Everything allocated so far lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stop every request in flight for ~100 ms (measured by benchmarks/ack.py).
     gc.collect()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,3 +125,22 @@ def flip_middle_byte(registry: Registry, digest: str) -> None:
         byte = handle.read(1)
         handle.seek(middle)
         handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+# A fresh, small interpreter runs the command and reports its child's peak RSS. Measured from the caller
+# directly, ru_maxrss would start at the caller's own size: Linux folds the forked image into the child's
+# high-water mark at exec, so a big test process would make the bot look big.
+_MEASURE = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:], stderr=subprocess.DEVNULL)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def run_with_peak_rss(command: list[str], env: dict[str, str]) -> tuple[int, str, float]:
+    """(exit code, stdout, peak RSS in MiB) of `command`, its RSS its own."""
+    process = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command], env=env, capture_output=True, text=True, check=False
+    )
+    return process.returncode, process.stdout, int(process.stderr.split()[-1]) / 1024

@@ -39,6 +39,8 @@ SECRETS = (
     "weak-token",
     "wp-token",
     "gh-token",
+    "ghcr-pat-s3cret",
+    "ghcr-read-s3cret",
     BOT_TOKEN,
     SIGNING_SECRET,
     ALERT_TOKEN,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from bot.registry.blobs import DeepProgress
 from bot.registry.client import RegistryClient
 from bot.registry.integrity import IntegrityChecker
 from tests.conftest import run_cli
-from tests.deep_images import Pusher, flip_middle_byte
+from tests.deep_images import Pusher, flip_middle_byte, run_with_peak_rss
 from tests.peers.blob_front import BlobStore, RegistryFront
 from tests.peers.forgejo import ForgejoStandIn
 from tests.peers.registry import ImagePusher, Registry
@@ -225,17 +224,9 @@ def test_a_layer_of_several_hundred_mib_is_hashed_with_flat_memory(fresh_registr
     pusher.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "VAULT_"))}
     env["REGISTRY_URL"] = fresh_registry.url
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bot", "check", "viktor/huge:v1", "--deep", "--json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    stdout = process.stdout.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    command = [sys.executable, "-m", "bot", "check", "viktor/huge:v1", "--deep", "--json"]
+    code, stdout, peak_mib = run_with_peak_rss(command, env)
     body = json.loads(stdout)
-    peak_mib = usage.ru_maxrss / 1024  # kilobytes on Linux
-    assert (process.returncode, body["status"]) == (0, "intact"), body
+    assert (code, body["status"]) == (0, "intact"), body
     assert body["bytes_verified"] >= size
     assert peak_mib < 200, f"peak RSS {peak_mib:.0f} MiB for a {size >> 20} MiB layer"

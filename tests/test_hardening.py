@@ -196,3 +196,15 @@ def test_viewers_scans_never_hold_up_an_approvers_rebuild(world):
     bot.click("registry_rebuild", world.current(root), user=APPROVER)
     world.slack.wait_for(lambda s: any("Rebuild (attempt 1)" in m["text"] for m in world.thread(root)), timeout=5)
     assert not [m for m in roots(world.slack) if "Scan of" in m["text"]], "the rebuild waited for the scans"
+
+
+def test_a_kubernetes_denial_full_of_pings_reaches_the_thread_as_text(world):
+    bot = world.bot()
+    bot.start()
+    _image, root = open_incident(world, bot)
+    denial = "admission webhook denied the request: " + " ".join(PINGS)
+    world.kube.fault("PATCH", r"/deployments/payslip-ingest$", 403, times=None, reason="Forbidden", message=denial)
+    bot.click("registry_restart", world.current(root), user=APPROVER)
+    world.slack.wait_for(lambda s: "admission webhook denied" in "\n".join(m["text"] for m in world.thread(root)), 30)
+    for ping in PINGS:
+        assert ping not in everything_posted(world.slack), ping

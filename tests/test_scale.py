@@ -168,10 +168,11 @@ def test_a_bad_rate_is_refused_in_one_line(many):
 
 
 def test_the_probe_is_spread_by_the_last_scans_requests_and_metrics_show_the_load(many):
-    """SCAN_INTERVAL 2: the first probe runs unpaced; the next ones are held to the first one's requests over
-    one second (half the interval), and /metrics says what each scan sent, took and was held to."""
+    """SCAN_INTERVAL 6: the first probe runs unpaced; the next ones are held to the first one's requests over
+    three seconds (half the interval), and /metrics says what each scan sent, took and was held to. The bucket
+    starts with one second of tokens, so a spread scan lasts at least two seconds; unpaced it takes under one."""
     with SlackStandIn(channels={CHANNEL: "alerts"}) as slack:
-        env = {"REGISTRY_URL": many.url, "REGISTRY_KIND": "distribution", "SCAN_INTERVAL": "2",
+        env = {"REGISTRY_URL": many.url, "REGISTRY_KIND": "distribution", "SCAN_INTERVAL": "6",
                "LEADER_ELECTION": "database", "REGISTRY_INSTANCE": "registry.example"}  # fmt: skip
         with BotProcess(slack, env) as bot:
             labels = '{instance="registry.example",kind="scan"}'
@@ -187,8 +188,8 @@ def test_the_probe_is_spread_by_the_last_scans_requests_and_metrics_show_the_loa
             shown = slack.wait_for(lambda _: figures(), timeout=60)
     requests = shown["requests"]
     assert requests > REPOS * TAGS * 3, shown  # a manifest, a config and a layer a tag at least
-    assert shown["rate_limit"] == max(requests / 1.0, 10.0), shown  # the same registry: the same count
-    assert shown["seconds"] >= 0.8, shown  # spread over about a second, where unpaced it takes less
+    assert shown["rate_limit"] == max(requests / 3.0, 10.0), shown  # the same registry: the same count
+    assert shown["seconds"] >= 1.8, shown  # spread: one second's burst, then two seconds at the rate
 
 
 def test_the_bucket_holds_any_minute_within_two_percent_and_the_spread_has_a_floor():
@@ -277,12 +278,13 @@ def test_a_scan_someone_waits_for_lifts_the_spread_of_the_probe_it_joins(many):
     scans = Scans(settings, SecretResolver(settings))
 
     async def probe_then_join() -> tuple[ScanResult, ScanResult, ScanResult, float]:
-        first = await scans.scan(spread=True)  # nothing to go by yet: unpaced
+        (first,) = await scans.scan(spread=True)  # nothing to go by yet: unpaced
         probe = asyncio.ensure_future(scans.scan(spread=True))
         await asyncio.sleep(1.0)
         started = time.monotonic()
-        joined = await scans.scan()
-        return first, await probe, joined, time.monotonic() - started
+        (joined,) = await scans.scan()
+        (probed,) = await probe
+        return first, probed, joined, time.monotonic() - started
 
     first, probe, joined, waited = asyncio.run(probe_then_join())
     assert first.rate_limit == 0 and probe.rate_limit == MIN_SPREAD_RATE

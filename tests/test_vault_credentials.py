@@ -92,3 +92,23 @@ def test_a_sealed_vault_says_sealed(forgejo, image):
     assert run.code == 2
     assert "sealed" in run.json()["error"]
     assert "Traceback" not in run.stderr
+
+
+def test_a_registry_entry_reads_its_password_from_vault(forgejo, bao, image, tmp_path):
+    """`password_vault: path#field` in the `registries:` list: read from Vault when first needed, never shown."""
+    token = bao.create_token(["registry-bot"])
+    path = tmp_path / "bot.yaml"
+    path.write_text(
+        "registries:\n"
+        f"  - {{url: {forgejo.url}, username: cluster-puller, password_vault: 'viktor#forgejo_pull_token'}}\n"
+    )
+    env = {"REGISTRY_BOT_CONFIG": str(path), "VAULT_ADDR": bao.addr, "VAULT_TOKEN": token}
+    run = run_cli("check", image, env=env)
+    assert run.code == 0, run.stdout + run.stderr
+    assert "pull-token-s3cret" not in run.stdout + run.stderr
+    path.write_text(
+        f"registries:\n  - {{url: {forgejo.url}, username: cluster-puller, password_vault: 'viktor#no_such_field'}}\n"
+    )
+    missing = run_cli("check", image, env=env)
+    assert missing.code == 2 and len(missing.stdout.strip().splitlines()) == 1
+    assert "no_such_field" in missing.stdout

@@ -17,6 +17,7 @@ from bot.incidents.store import Store
 from bot.refs import ImageRef
 from bot.registry.blobs import DeepProgress
 from bot.registry.model import CheckResult, human_bytes
+from bot.registry.registries import for_host, registries_named
 from bot.registry.scan import ScanResult
 from bot.registry.session import open_registry
 from bot.secrets import SecretResolver
@@ -66,7 +67,7 @@ class Commands:
             return
         await self.notifier.check_verdict(channel, user, result)
         if by_tag:
-            open_incident = await asyncio.to_thread(self.store.find_open, self.settings.registry_host, display)
+            open_incident = await asyncio.to_thread(self.store.find_open, result.registry, display)
             if open_incident is not None and result.status == "intact":
                 await self.notifier.check_intact_now(open_incident, user)
 
@@ -91,21 +92,27 @@ class Commands:
     async def _tag_elsewhere(self, ref: ImageRef) -> str | None:
         """The digest `ref`'s tag points at now, when that is not the digest `ref` names."""
         assert ref.tag is not None
+        entry = for_host(self.settings, ref.host)
+        if entry is None:
+            return None  # the check itself will say the registry is not one of this bot's
         try:
-            async with open_registry(self.settings, self.secrets, metrics.observe_registry) as client:
+            async with open_registry(self.settings, self.secrets, metrics.observe_registry, entry) as client:
                 current = await client.resolve_digest(ref.name, ref.tag)
         except UserFacingError:
             return None  # the check itself will say why the registry cannot be asked
         return current if current and current != ref.digest else None
 
-    async def command_scan(self, user: str | None, channel: str) -> ScanResult:
-        """A scan (or the one running, joined) in a message that shows its progress every 5 s, then its summary."""
-        live = self.notifier.live_message(channel, f"🔎 Scanning {self.settings.registry_host}")
-        scan = await shown_while(live, self.intake.scan(), lambda: self.intake.scans.progress)
-        await self.audit("scan", "error" if scan.error else f"{scan.tally.broken} broken", user=user)
-        await self.notifier.scan_summary(channel, user, scan, live)
-        await self.intake.report_scan(scan, "scan", user)
-        return scan
+    async def command_scan(self, user: str | None, channel: str) -> list[ScanResult]:
+        """Every registry scanned at once (or the scan running, joined), in a message that shows its progress
+        every 5 s and ends as one summary per registry; then incidents for what broke."""
+        live = self.notifier.live_message(channel, f"🔎 Scanning {registries_named(self.settings)}")
+        scans = await shown_while(live, self.intake.scan(), lambda: self.intake.scans.progress)
+        for scan in scans:
+            outcome = "error" if scan.error else f"{scan.tally.broken} broken"
+            await self.audit("scan", outcome, user=user, detail=scan.registry)
+        await self.notifier.scan_summary(channel, user, scans, live)
+        await self.intake.report_scan(scans, "scan", user)
+        return scans
 
     async def open_incidents(self) -> list[Incident]:
         return await asyncio.to_thread(self.store.list_open)

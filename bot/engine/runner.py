@@ -20,6 +20,7 @@ from bot.incidents.lifecycle import AFTER_FIX, Outcome, Phase, RunStatus, State,
 from bot.incidents.models import Incident, PhaseRun
 from bot.incidents.store import AlreadyRunning, Store
 from bot.integrations.kube import Kube
+from bot.registry.registries import view_for_host
 from bot.runbook.base import Link, PhaseContext, PhaseResult, Progress
 from bot.runbook.phases import PhaseFn
 from bot.secrets import SecretResolver
@@ -128,7 +129,7 @@ class Runner:
         await self.notifier.refresh_incident(incident_id)
         progress = self.notifier.run_progress(incident, run)
         context = PhaseContext(
-            self.settings,
+            view_for_host(self.settings, incident.registry_host) or self.settings,  # the incident's registry
             incident,
             self.secrets,
             self.kube,
@@ -183,6 +184,10 @@ class Runner:
         return result
 
     async def _run_phase(self, spec: lifecycle.PhaseSpec, context: PhaseContext, progress: Progress) -> PhaseResult:
+        if context.settings is self.settings:  # no per-registry view: its registry left the configuration
+            return PhaseResult.failed(
+                f"The registry {context.incident.registry_host} is no longer configured, so {spec.title} was not run."
+            )
         try:
             return await self.phases[spec.phase](context, progress)
         except UserFacingError as exc:

@@ -39,9 +39,6 @@ class Guard:
             return user in members
         return False
 
-    def needs_approver(self, phase: Phase | str) -> bool:
-        return lifecycle.spec(phase).destructive
-
     def needs_two_people(self, phase: Phase | str) -> bool:
         spec = lifecycle.spec(phase)
         return spec.always_two_people or (self.settings.two_person_rule and spec.destructive)

@@ -178,7 +178,6 @@ PHASES: dict[Phase, PhaseSpec] = {
         ),
     )
 }
-BY_ACTION: dict[str, PhaseSpec] = {spec.action_id: spec for spec in PHASES.values()}
 
 OPEN_STATES = tuple(state for state in State if state is not State.RESOLVED)
 DURING_STATES = frozenset(spec.during for spec in PHASES.values() if spec.during is not None)

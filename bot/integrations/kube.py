@@ -120,9 +120,12 @@ class Kube:
 
     # --- reads ------------------------------------------------------------------------------------------
 
-    async def consumers(self, name: str, tag: str, digests: frozenset[str]) -> list[Workload]:
-        """Deployments, StatefulSets and DaemonSets whose containers or init containers use the image."""
-        hosts = self.settings.all_registry_hosts
+    async def consumers(
+        self, name: str, tag: str, digests: frozenset[str], hosts: tuple[str, ...] | None = None
+    ) -> list[Workload]:
+        """Deployments, StatefulSets and DaemonSets whose containers or init containers use the image (on the
+        registry of `hosts`, by default REGISTRY_URL's)."""
+        hosts = hosts if hosts is not None else self.settings.all_registry_hosts
         namespaces = self.settings.kube_namespaces
 
         def read(api: Any) -> list[Workload]:
@@ -153,9 +156,11 @@ class Kube:
 
         return await self.call("listing workloads", read)
 
-    async def failing_pods(self, name: str, tag: str, digests: frozenset[str]) -> list[FailingPod]:
+    async def failing_pods(
+        self, name: str, tag: str, digests: frozenset[str], hosts: tuple[str, ...] | None = None
+    ) -> list[FailingPod]:
         """Pods of the image waiting in ImagePullBackOff or ErrImagePull, with their nodes."""
-        hosts = self.settings.all_registry_hosts
+        hosts = hosts if hosts is not None else self.settings.all_registry_hosts
 
         def read(api: Any) -> list[FailingPod]:
             from kubernetes import client

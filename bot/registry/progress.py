@@ -16,29 +16,49 @@ SAMPLE_EVERY = 0.5
 
 @dataclass
 class ScanProgress:
-    """Updated by the scan as it goes; read whenever a display wants to (it never waits on a display)."""
+    """Updated by the scan as it goes; read whenever a display wants to (it never waits on a display). One
+    progress may follow the scans of several registries at once: their figures add up."""
 
     listed: int = 0  # tags found so far (and names refused): the total once `listing_done`
-    listing_done: bool = False
     done: int = 0
     broken: int = 0
     errors: int = 0
     deep: bool = False
     started: float = field(default_factory=time.monotonic)
-    # Read when shown, so the figures move between tags too (the scan points them at its client and checker).
-    count_requests: Callable[[], int] = field(default=lambda: 0, repr=False)
-    count_bytes: Callable[[], int] = field(default=lambda: 0, repr=False)
+    # Registries whose repositories are still being listed; the total is known when none is left.
+    listing: set[str] = field(default_factory=set)
+    _listing_begun: bool = field(default=False, repr=False)
+    # Read when shown, so the figures move between tags too (each scan adds its client's and checker's counts).
+    _request_counts: list[Callable[[], int]] = field(default_factory=list, repr=False)
+    _byte_counts: list[Callable[[], int]] = field(default_factory=list, repr=False)
     _samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=16), repr=False)
+
+    def expect(self, registry: str) -> None:
+        """A registry whose listing this progress waits for before it knows the total."""
+        self.listing.add(registry)
+        self._listing_begun = True
+
+    def listed_all(self, registry: str) -> None:
+        self.listing.discard(registry)
+
+    @property
+    def listing_done(self) -> bool:
+        return self._listing_begun and not self.listing
+
+    def count(self, requests: Callable[[], int], hashed: Callable[[], int]) -> None:
+        """Add one scan's live counters (requests sent, bytes hashed)."""
+        self._request_counts.append(requests)
+        self._byte_counts.append(hashed)
 
     @property
     def requests(self) -> int:
-        """Requests sent to the registry so far."""
-        return self.count_requests()
+        """Requests sent to the registries so far."""
+        return sum(count() for count in self._request_counts)
 
     @property
     def bytes_hashed(self) -> int:
         """A deep scan's layer and config bytes read and hashed so far."""
-        return self.count_bytes()
+        return sum(count() for count in self._byte_counts)
 
     @property
     def elapsed(self) -> float:

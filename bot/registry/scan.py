@@ -150,7 +150,11 @@ async def _paged(client: RegistryClient, path: str, params: dict[str, str], key:
 
 
 async def list_repositories(client: RegistryClient) -> tuple[list[str], str]:
-    """Every repository name, and where the list came from ('catalog' or 'packages API')."""
+    """Every repository name, and where the list came from ('catalog', 'packages API', 'GitHub packages API')."""
+    if client.settings.registry_kind == "ghcr":  # ghcr.io has no catalog
+        from bot.registry.ghcr import list_repositories as list_ghcr
+
+        return await list_ghcr(client), "GitHub packages API"
     try:
         return await _paged(client, "/v2/_catalog", {"n": str(PAGE_SIZE)}, "repositories"), "catalog"
     except CouldNotCheck:
@@ -201,8 +205,8 @@ async def scan_registry(
     checker = checker or IntegrityChecker(client)
     progress = progress or ScanProgress()
     progress.deep = result.deep = checker.deep
-    progress.count_requests = lambda: client.slots.sent - first_request
-    progress.count_bytes = lambda: checker.bytes_hashed
+    progress.expect(result.registry)
+    progress.count(lambda: client.slots.sent - first_request, lambda: checker.bytes_hashed)
     try:
         repositories, result.listed_by = await list_repositories(client)
     except CouldNotCheck as exc:
@@ -212,6 +216,8 @@ async def scan_registry(
         result.repositories = len(repositories)
         walk = _Walk(client, checker, result, progress, on_result, keep, tags_per_repo)
         await walk.run(iter(repositories))
+    finally:
+        progress.listed_all(result.registry)
     result.bytes_verified = checker.bytes_hashed
     result.requests = client.slots.sent - first_request
     result.elapsed_ms = round((time.perf_counter() - started) * 1000)
@@ -249,7 +255,7 @@ class _Walk:
                 for _ in range(TAGS_IN_FLIGHT):
                     group.create_task(self._walk())
                 await asyncio.gather(*listers)
-                self.progress.listing_done = True
+                self.progress.listed_all(self.result.registry)
                 for _ in range(TAGS_IN_FLIGHT):
                     self._queue.put_nowait(None)  # one stop for each walker, after every tag
         except BaseExceptionGroup as failed:  # the first failure, as the caller would see it from one task

@@ -11,6 +11,7 @@ from bot.incidents.models import Incident
 from bot.integrations.kube import Workload
 from bot.refs import ImageRef
 from bot.registry.blobs import DeepProgress
+from bot.registry.ghcr import retention_hint
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult, human_bytes
 from bot.runbook.base import PhaseContext, PhaseResult, Progress
@@ -102,6 +103,8 @@ async def diagnose(ctx: PhaseContext, progress: Progress) -> PhaseResult:
         )
         for index, problem in enumerate(result.problems[:8]):
             await progress.step(f"problem-{index}", f"`{problem.summary()}`", StepState.INFO)
+        if hint := retention_hint(ctx.settings.registry_kind, result):
+            await progress.step("retention", hint, StepState.INFO)
 
     details: list[str] = []
     consumers: list[Workload] | None = None
@@ -124,7 +127,9 @@ async def diagnose(ctx: PhaseContext, progress: Progress) -> PhaseResult:
             else:
                 await progress.step("probe", f"Probe `{probe.pod}` reports nothing for this image", StepState.INFO)
             digests = image_digests(incident.digest, result)
-            workloads = await ctx.kube.consumers(incident.name, incident.tag, digests)
+            workloads = await ctx.kube.consumers(
+                incident.name, incident.tag, digests, hosts=ctx.settings.all_registry_hosts
+            )
             consumers = workloads
             if workloads:
                 names = ", ".join(f"`{w}`" for w in workloads[:10])
@@ -132,7 +137,9 @@ async def diagnose(ctx: PhaseContext, progress: Progress) -> PhaseResult:
                 await progress.step("consumers", f"Used by {len(workloads)} workload(s): {names}{more}", StepState.INFO)
             else:
                 await progress.step("consumers", "No workload in the cluster uses this image", StepState.INFO)
-            failing = await ctx.kube.failing_pods(incident.name, incident.tag, digests)
+            failing = await ctx.kube.failing_pods(
+                incident.name, incident.tag, digests, hosts=ctx.settings.all_registry_hosts
+            )
             if failing:
                 nodes = sorted({p.node for p in failing if p.node})
                 await progress.step(

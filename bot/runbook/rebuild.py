@@ -44,7 +44,9 @@ def build_target(ctx: PhaseContext) -> BuildTarget:
     """The CI that builds this image: the YAML `images:` entry, else the same owner/name and CI_BRANCH."""
     name = ctx.incident.name
     entry: dict[str, Any] = dict(ctx.settings.images.get(name) or {})
-    backend = str(entry.get("ci") or ctx.settings.ci_backend)
+    # GHCR's images are built by GitHub Actions; the others by CI_BACKEND, unless the image says otherwise.
+    default = "github" if ctx.settings.registry_kind == "ghcr" else ctx.settings.ci_backend
+    backend = str(entry.get("ci") or default)
     repo = str(entry.get("repo") or "/".join(name.split("/")[:2]))
     branch = str(entry.get("branch") or entry.get("ref") or ctx.settings.ci_branch)
     workflow = str(entry.get("workflow") or "build.yml")
@@ -58,7 +60,7 @@ class PhaseFailed(UserFacingError):
 async def open_ci(ctx: PhaseContext, target: BuildTarget, progress: Progress) -> CIBackend:
     """The image's CI backend, chosen once here, with its token."""
     if target.backend == "github":
-        token = await _token(ctx, "github_token", "GitHub", progress)
+        token = await _github_token(ctx, progress)
         return GitHubBuild(
             GitHubActions(ctx.settings.github_api_url, token), target.repo, target.workflow, target.branch
         )
@@ -113,6 +115,13 @@ async def recheck(ctx: PhaseContext, progress: Progress) -> PhaseResult | None:
 async def delete_broken_version(ctx: PhaseContext, progress: Progress) -> None:
     if ctx.settings.registry_kind == "forgejo":
         await _delete_forgejo_version(ctx, progress)
+    elif ctx.settings.registry_kind == "ghcr":
+        from bot.runbook.ghcr_delete import GhcrDeleteFailed, delete_ghcr_version
+
+        try:
+            await delete_ghcr_version(ctx, progress)
+        except GhcrDeleteFailed as exc:
+            raise PhaseFailed(str(exc)) from None
     else:
         await _delete_manifest(ctx, progress)
 
@@ -200,6 +209,17 @@ async def tags_sharing(client: RegistryClient, name: str, tag: str, digest: str)
         if other != tag and await client.resolve_digest(name, other) == digest:
             others.append(f"{name}:{other}")
     return others
+
+
+async def _github_token(ctx: PhaseContext, progress: Progress) -> str:
+    """GITHUB_TOKEN; on a ghcr registry without it, that registry's GitHub token (its PAT)."""
+    if ctx.settings.registry_kind == "ghcr" and not ctx.settings.github_token and not ctx.settings.vault_addr:
+        from bot.registry.registries import github_token_of, registry_list
+
+        token = await github_token_of(registry_list(ctx.settings)[0], ctx.secrets)
+        if token:
+            return token
+    return await _token(ctx, "github_token", "GitHub", progress)
 
 
 async def _token(ctx: PhaseContext, name: str, what: str, progress: Progress) -> str:
@@ -312,6 +332,10 @@ async def _consumer_count(ctx: PhaseContext, digest: str | None) -> int | None:
         return 0
     try:
         digests = frozenset(d for d in (digest, ctx.incident.digest) if d)
-        return len(await ctx.kube.consumers(ctx.incident.name, ctx.incident.tag, digests))
+        return len(
+            await ctx.kube.consumers(
+                ctx.incident.name, ctx.incident.tag, digests, hosts=ctx.settings.all_registry_hosts
+            )
+        )
     except UserFacingError:
         return None

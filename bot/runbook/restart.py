@@ -24,7 +24,7 @@ async def restart(ctx: PhaseContext, progress: Progress) -> PhaseResult:
         )
         return PhaseResult.failed("No Kubernetes cluster is configured, so there is nothing the bot can restart.")
     digests = image_digests(incident.digest, None)
-    workloads = await ctx.kube.consumers(incident.name, incident.tag, digests)
+    workloads = await ctx.kube.consumers(incident.name, incident.tag, digests, hosts=ctx.settings.all_registry_hosts)
     if not workloads:
         await progress.step("consumers", "No workload uses this image", StepState.DONE)
         nodes = await stuck_nodes(ctx, progress, digests)
@@ -118,7 +118,9 @@ async def follow_rollouts(
 async def stuck_nodes(ctx: PhaseContext, progress: Progress, digests: frozenset[str]) -> list[str]:
     """Nodes where pods of the image are still in ImagePullBackOff after the restart."""
     assert ctx.kube is not None
-    failing = await ctx.kube.failing_pods(ctx.incident.name, ctx.incident.tag, digests)
+    failing = await ctx.kube.failing_pods(
+        ctx.incident.name, ctx.incident.tag, digests, hosts=ctx.settings.all_registry_hosts
+    )
     nodes = sorted({pod.node for pod in failing if pod.node})
     if not nodes:
         await progress.step("pods", "No pod of the image is failing to pull", StepState.DONE)

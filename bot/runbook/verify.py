@@ -105,14 +105,18 @@ async def cluster_part(ctx: PhaseContext, progress: Progress) -> Part:
     incident = ctx.incident
     digests = image_digests(incident.digest, None)
     try:
-        workloads = await ctx.kube.consumers(incident.name, incident.tag, digests)
+        workloads = await ctx.kube.consumers(
+            incident.name, incident.tag, digests, hosts=ctx.settings.all_registry_hosts
+        )
         writer = KubeWriter(ctx.kube)
         unhealthy: list[str] = []
         for workload in workloads:
             status = await writer.rollout(workload)
             if not status.done:
                 unhealthy.append(f"{workload} ({status.message})")
-        failing = await ctx.kube.failing_pods(incident.name, incident.tag, digests)
+        failing = await ctx.kube.failing_pods(
+            incident.name, incident.tag, digests, hosts=ctx.settings.all_registry_hosts
+        )
     except UserFacingError as exc:
         await progress.step("cluster", f"Consumers: not checked ({exc})", StepState.WARNING)
         return Part("cluster", "unknown", f"the consumers ({exc})")

@@ -25,6 +25,7 @@ from bot.errors import BadReference
 from bot.incidents.lifecycle import PHASES, PhaseSpec
 from bot.incidents.store import Store
 from bot.refs import parse_reference
+from bot.registry.registries import all_hosts
 from bot.slack import blocks
 from bot.slack.clicks import Click, Clicks
 from bot.slack.gateway import SlackGateway
@@ -161,7 +162,7 @@ class SlackApp:
                 await ack(response_type="ephemeral", text=usage)
                 return
             try:
-                ref = parse_reference(given[0], self.settings.all_registry_hosts)
+                ref = parse_reference(given[0], all_hosts(self.settings))
             except BadReference as exc:
                 await ack(response_type="ephemeral", text=f"🚫 {blocks.escape(str(exc))}")
                 return

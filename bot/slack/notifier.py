@@ -4,6 +4,7 @@ blocks.py, which escapes all outside text) and goes out through the gateway."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bot.config import Settings
@@ -113,9 +114,9 @@ class SlackNotifier:
         await self.slack.ephemeral(channel, user, f"🔴 {escape(incident.image)} is broken: incident {where}.")
 
     async def scan_summary(
-        self, channel: str, user: str | None, scan: ScanResult, live: RunProgress | None = None
+        self, channel: str, user: str | None, scans: Sequence[ScanResult], live: RunProgress | None = None
     ) -> None:
-        text, message = blocks.scan_summary(scan, user)
+        text, message = blocks.scan_summary(scans, user)
         if isinstance(live, SlackProgress):
             await live.flush()  # its last progress edit first, so the summary is the message's last word
             if live.ts is not None:

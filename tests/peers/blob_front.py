@@ -155,15 +155,17 @@ class RegistryFront(_Server):
             with self._lock:
                 self.in_flight += 1
                 self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            if counted:
+        if counted:
+            # Counted while held, and no longer once the body starts: the client frees its slot only after
+            # the whole body has arrived, so it cannot have started the next GET before this one left the
+            # count (counting until this thread ends would, on a busy machine, see the next one overlap).
+            try:
                 time.sleep(self._hold)
-            with self._upstream(handler, handler.command) as upstream:
-                self._relay(handler, upstream, blob)
-        finally:
-            if counted:
+            finally:
                 with self._lock:
                     self.in_flight -= 1
+        with self._upstream(handler, handler.command) as upstream:
+            self._relay(handler, upstream, blob)
 
     def _relay(self, handler: Any, upstream: http.client.HTTPResponse, blob: re.Match[str] | None) -> None:
         drop = None

@@ -66,6 +66,7 @@ class ForgejoStandIn:
         self._tampers: list[Tamper] = []
         self._lock = threading.Lock()
         self.requests: list[tuple[str, str, str]] = []  # (method, path, auth scheme)
+        self.authorizations: list[str] = []  # every Authorization header received, as sent
         self.tokens_issued = 0
         self.catalog_disabled = False
         self._server = QuietHTTPServer(("127.0.0.1", 0), self._handler())
@@ -219,6 +220,7 @@ class ForgejoStandIn:
                 auth = self.headers.get("Authorization", "")
                 with stand_in._lock:
                     stand_in.requests.append((self.command, parts.path, auth.partition(" ")[0]))
+                    stand_in.authorizations.append(auth)
                     tamper = next(
                         (t for t in stand_in._tampers if t.method in (self.command, "*") and t.path.search(parts.path)),
                         None,
