@@ -160,12 +160,14 @@ class GitHubActionsStandIn(CIStandIn):
         *,
         registry_auth: tuple[str, str] | None = None,
         run_details_supported: bool = True,
+        api_versions: Sequence[str] = API_VERSIONS,
     ) -> None:
         super().__init__()
         self.token = token
         self.registry_url = registry_url
         self.registry_auth = registry_auth
         self.run_details_supported = run_details_supported  # False: an older GHES refusing return_run_details
+        self.api_versions = tuple(api_versions)  # ("2022-11-28",): a GitHub Enterprise Server without 2026-03-10
         self._workflows: list[GitHubWorkflow] = []
         self._runs: list[GitHubRun] = []
         self._ids = {"workflow": 161330, "run": 9100000000, "job": 25200000000}
@@ -303,7 +305,7 @@ class GitHubActionsStandIn(CIStandIn):
         if token == "bad":
             return github_error(401, "Bad credentials")
         version = request.headers.get("X-GitHub-Api-Version")
-        if version is not None and version not in API_VERSIONS:
+        if version is not None and version not in self.api_versions:
             return github_error(
                 400, f"API version {version} is not supported.", f"{DOCS}/about-the-rest-api/api-versions"
             )
