@@ -250,6 +250,11 @@ class GitHubActionsStandIn(CIStandIn):
                 if (owner is None or run.workflow.owner == owner) and (repo is None or run.workflow.repo == repo)
             ]
 
+    def exhaust_rate_limit(self) -> None:
+        """Spend the token's hourly requests: the API then answers 403 with X-RateLimit-Remaining: 0."""
+        with self._lock:
+            self._rate_remaining = 0
+
     def run_html_url(self, owner: str, repo: str, run_id: int) -> str:
         return f"{self.url}/{owner}/{repo}/actions/runs/{run_id}"
 
@@ -309,6 +314,11 @@ class GitHubActionsStandIn(CIStandIn):
             return github_error(
                 400, f"API version {version} is not supported.", f"{DOCS}/about-the-rest-api/api-versions"
             )
+        with self._lock:
+            spent = self._rate_remaining <= 0
+        if spent and token == "good":
+            message = f"API rate limit exceeded for user ID {BOT_USER_ID}."
+            return github_error(403, message, f"{DOCS}/overview/rate-limits-for-the-rest-api")
         if path == "/user" and method == "GET":
             if token == "none":
                 return github_error(401, "Requires authentication", f"{DOCS}/users/users#get-the-authenticated-user")
