@@ -21,7 +21,6 @@ from githubkit.versions import LATEST_VERSION
 from bot.integrations.ci import LOG_BYTES, CIError, CIRun
 from bot.integrations.github import GitHubActions, GitHubBuild
 from tests.peers.github_actions import GitHubActionsStandIn
-from tests.peers.github_actions_schema import schema_errors
 from tests.peers.registry import Registry
 
 TOKEN = "ghp_s3cret-token-never-shown"
@@ -29,10 +28,9 @@ TOKEN = "ghp_s3cret-token-never-shown"
 
 @pytest.fixture
 def gh() -> Iterator[GitHubActionsStandIn]:
-    """A stand-in whose every answer in the test is held to GitHub's schema afterwards."""
+    """A stand-in that holds its every answer to GitHub's schema (it fails the test at exit otherwise)."""
     with GitHubActionsStandIn(token=TOKEN) as stand_in:
         yield stand_in
-        assert schema_errors(stand_in) == []
 
 
 async def follow(build: GitHubBuild, run: CIRun, seconds: float = 15.0) -> CIRun:
@@ -87,7 +85,6 @@ async def test_an_older_ghes_is_asked_again_without_run_details_and_the_run_foun
             run_id = await client.dispatch("viktor/app", "build.yml", "main")
         finally:
             await client.aclose()
-        assert schema_errors(ghes) == []
     assert run_id == ghes.runs()[0]["id"]
     first, second = ghes.requests_to("POST", "/dispatches$")
     assert "return_run_details" in first.json and "return_run_details" not in second.json
@@ -227,7 +224,7 @@ async def test_a_github_without_the_clients_api_version_says_so() -> None:
 
 
 async def test_an_answer_github_would_not_give_is_one_line_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    with GitHubActionsStandIn(token=TOKEN) as gh:  # answers off GitHub's schema on purpose: not held to it
+    with GitHubActionsStandIn(token=TOKEN) as gh:  # faults with their own bodies: off GitHub's schema on purpose
         gh.add_workflow("viktor", "app", seconds=0.2)
         await _off_schema_answers(gh, caplog)
 

@@ -29,8 +29,9 @@ from http import HTTPStatus
 from typing import Any
 
 from tests.peers.ghcr import API_VERSIONS  # the versions GitHub's REST API accepts: one list for both stand-ins
+from tests.peers.github_actions_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage
-from tests.peers.woodpecker import CIStandIn, Request, Response, fake_sha, json_response
+from tests.peers.woodpecker import Answer, CIStandIn, Fault, Request, Response, fake_sha, json_response
 
 DOCS = "https://docs.github.com/rest"
 DOC_DISPATCH = f"{DOCS}/actions/workflows#create-a-workflow-dispatch-event"
@@ -173,11 +174,19 @@ class GitHubActionsStandIn(CIStandIn):
         self._ids = {"workflow": 161330, "run": 9100000000, "job": 25200000000}
         self._rate_remaining = 5000
         self._created = time.time()
+        self.schema_errors: list[str] = []  # every answer is held to GitHub's schema (faults with a body aside)
+        self._faulted = threading.local()
         self.pushed: list[PushedImage] = []
 
     def __enter__(self) -> GitHubActionsStandIn:
         super().__enter__()
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self.schema_errors and exc[0] is None:  # a stand-in answering what GitHub would not fails its test
+            listed = "; ".join(self.schema_errors[:5])
+            raise AssertionError(f"the GitHub Actions stand-in answered off GitHub's schema: {listed}")
 
     # --- test controls --------------------------------------------------------------------------
 
@@ -267,7 +276,23 @@ class GitHubActionsStandIn(CIStandIn):
             phrase = "Error"
         return github_error(status, phrase)
 
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        fault = super()._take_fault(method, path)
+        self._faulted.explicit = fault is not None and fault.body is not None  # off-schema on purpose, perhaps
+        return fault
+
     def _answer(self, request: Request) -> Response:
+        self._faulted.explicit = False
+        response = self._answer_with_headers(request)
+        if not self._faulted.explicit:
+            answer = Answer(request.method, request.path, response.status, response.headers, response.body)
+            errors = answer_errors(answer)
+            if errors:
+                with self._lock:
+                    self.schema_errors.extend(errors)
+        return response
+
+    def _answer_with_headers(self, request: Request) -> Response:
         response = super()._answer(request)
         if response.headers.get("Content-Type", "").startswith("application/json"):
             with self._lock:

@@ -48,13 +48,6 @@ def answer_errors(answer: Answer) -> list[str]:
     return [f"{where}: GitHub documents no such answer"]
 
 
-def schema_errors(stand_in: Any) -> list[str]:
-    """Every schema error in every answer a stand-in has given so far."""
-    with stand_in._lock:
-        answers = list(stand_in.answers)
-    return [error for answer in answers for error in answer_errors(answer)]
-
-
 def _fits(where: str, body: bytes, model: Any, *, error: bool = False) -> list[str]:
     try:
         data = json.loads(body)

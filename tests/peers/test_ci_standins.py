@@ -13,7 +13,7 @@ import pytest
 from githubkit_schemas.latest.models import WorkflowDispatchResponse
 
 from tests.peers.github_actions import API_VERSIONS, GitHubActionsStandIn
-from tests.peers.github_actions_schema import answer_errors, schema_errors
+from tests.peers.github_actions_schema import answer_errors
 from tests.peers.registry import OCI_INDEX, Registry
 from tests.peers.woodpecker import Answer, WoodpeckerStandIn
 from tests.peers.woodpecker_protocol import protocol_errors
@@ -262,22 +262,6 @@ def test_the_woodpecker_protocol_check_catches_what_woodpecker_would_not_answer(
 # --- GitHub Actions -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def github_answers_fit_githubs_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Whatever a GitHub Actions stand-in answered in a test is read by GitHub's schema (githubkit's models)."""
-    started: list[GitHubActionsStandIn] = []
-    original = GitHubActionsStandIn.__init__
-
-    def init(self: GitHubActionsStandIn, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        started.append(self)
-
-    monkeypatch.setattr(GitHubActionsStandIn, "__init__", init)
-    yield
-    for stand_in in started:
-        assert schema_errors(stand_in) == []
-
-
 def gh_client(gh: GitHubActionsStandIn, auth: str = "Bearer gh-token") -> httpx.Client:
     return httpx.Client(base_url=gh.url, headers={**GH_HEADERS, "Authorization": auth}, timeout=5)
 
@@ -480,6 +464,28 @@ def test_github_api_versions_are_githubs() -> None:
         ghes.add_workflow("viktor", "app")
         newer = client.get("/repos/viktor/app/actions/workflows", headers={"X-GitHub-Api-Version": "2026-03-10"})
         assert newer.status_code == 400 and newer.json()["status"] == "400"
+
+
+def test_a_github_stand_in_answering_off_schema_fails_its_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stand-in holds its own answers to GitHub's schema (explicit fault bodies aside) and fails at exit."""
+    render = GitHubActionsStandIn._job_json
+
+    def without_labels(self: GitHubActionsStandIn, run: Any) -> dict[str, Any]:
+        return {k: v for k, v in render(self, run).items() if k != "labels"}
+
+    monkeypatch.setattr(GitHubActionsStandIn, "_job_json", without_labels)
+    off_schema = r"off GitHub's schema: GET /repos/viktor/app/actions/runs/\d+/jobs 200"
+    with pytest.raises(AssertionError, match=off_schema), GitHubActionsStandIn() as gh, gh_client(gh) as client:
+        gh.add_workflow("viktor", "app")
+        run_id = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "return_run_details": True}
+        ).json()["workflow_run_id"]
+        assert client.get(f"/repos/viktor/app/actions/runs/{run_id}/jobs").status_code == 200
+    with GitHubActionsStandIn() as gh, gh_client(gh) as client:  # a fault's own body is the test's business
+        gh.fault("GET", "/workflows$", 200, body=b"[]", headers={"Content-Type": "application/json"})
+        gh.add_workflow("viktor", "app")
+        assert client.get("/repos/viktor/app/actions/workflows").json() == []
+    assert gh.schema_errors == []
 
 
 def test_the_github_schema_check_catches_what_github_would_not_answer() -> None:
