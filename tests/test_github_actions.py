@@ -191,6 +191,11 @@ async def test_refusals_are_one_line_naming_what_to_do(gh: GitHubActionsStandIn)
         with pytest.raises(CIError) as spent:
             await client.run("viktor/app", 1)
         assert "rate limit is spent" in one_line(spent.value)
+        moved = {"message": "Moved Permanently", "url": f"{gh.url}/repositories/1/actions/runs/1", "status": "301"}
+        gh.fault("GET", r"/runs/\d+$", 301, body=json.dumps(moved).encode(), headers={"Location": moved["url"]})
+        with pytest.raises(CIError) as renamed:
+            await client.run("viktor/app", 1)
+        assert "answered HTTP 301 (moved)" in one_line(renamed.value) and "`repo` setting" in str(renamed.value)
         with pytest.raises(CIError) as not_owner_name:
             await client.run("app", 1)
         assert "is not owner/name" in one_line(not_owner_name.value)
@@ -208,10 +213,27 @@ async def test_refusals_are_one_line_naming_what_to_do(gh: GitHubActionsStandIn)
     assert "refused the bot's token (HTTP 401)" in text and "ghp_wrong-token" not in text
 
 
-async def test_a_github_without_the_clients_api_version_says_so() -> None:
-    with GitHubActionsStandIn(token=TOKEN, api_versions=("2022-11-28",)) as ghes:
-        ghes.add_workflow("viktor", "app")
-        client = GitHubActions(ghes.url, TOKEN)
+async def test_an_enterprise_server_without_githubkits_api_version_is_asked_in_2022_11_28() -> None:
+    """A GitHub Enterprise Server that knows neither 2026-03-10 nor return_run_details: the whole build works."""
+    with GitHubActionsStandIn(token=TOKEN, api_versions=("2022-11-28",), run_details_supported=False) as ghes:
+        ghes.add_workflow("viktor", "app", fail_step="Checkout", seconds=0.3, appear_delay=0.3)
+        build = GitHubBuild(GitHubActions(ghes.url, TOKEN), "viktor/app", "build.yml", "main")
+        try:
+            done = await follow(build, await build.start())
+            failing = next(s for s in done.steps if s.state == "failure")
+            assert await build.log_tail(done, failing)
+        finally:
+            await build.aclose()
+    assert done.status == "failure"
+    versions = [r.headers.get("X-GitHub-Api-Version") for r in ghes.requests if r.path.startswith("/repos/")]
+    assert versions[0] == LATEST_VERSION and set(versions[1:]) == {"2022-11-28"}  # asked once, then remembered
+    assert [("return_run_details" in r.json) for r in ghes.requests_to("POST", "/dispatches$")] == [True, True, False]
+
+
+async def test_a_github_refusing_every_api_version_the_bot_speaks_is_one_line() -> None:
+    with GitHubActionsStandIn(token=TOKEN, api_versions=("2099-01-01",)) as future:
+        future.add_workflow("viktor", "app")
+        client = GitHubActions(future.url, TOKEN)
         try:
             with pytest.raises(CIError) as refused:
                 await client.dispatch("viktor/app", "build.yml", "main")
@@ -220,7 +242,8 @@ async def test_a_github_without_the_clients_api_version_says_so() -> None:
         finally:
             await client.aclose()
     for error in (refused.value, reading.value):
-        assert f"does not support REST API version {LATEST_VERSION} (HTTP 400)" in one_line(error)
+        assert "supports neither REST API version the bot speaks (HTTP 400): API version" in one_line(error)
+    assert future.runs() == []
 
 
 async def test_an_answer_github_would_not_give_is_one_line_and_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Call = Callable[[dict[str, str]], Awaitable["Response[T]"]]  # one githubkit call, given its version header
+OLDEST_VERSION = "2022-11-28"  # the REST API version every supported GitHub (and Enterprise Server) speaks
 
 # GitHub's step/run vocabulary mapped onto Woodpecker's, which the progress message speaks.
 STATES = {
@@ -60,6 +62,7 @@ class GitHubActions:
 
     def __init__(self, api_url: str, token: str, timeout: float = 15.0) -> None:
         from githubkit import GitHub
+        from githubkit.versions import LATEST_VERSION
 
         self._api = api_url.rstrip("/")
         url = httpx.URL(self._api)
@@ -67,6 +70,7 @@ class GitHubActions:
         self._token = token
         self._timeout = timeout
         self._pool = _Pool()
+        self._version = LATEST_VERSION  # githubkit's; OLDEST_VERSION once a GitHub (Enterprise Server) refuses it
         self._github: GitHub[Any] = GitHub(
             token,
             base_url=self._api + "/",
@@ -101,7 +105,7 @@ class GitHubActions:
         if status == 422:
             raise CIError(f"GitHub refused to dispatch {workflow} on {ref}: {_message(answer) or 'HTTP 422'}.")
         if status == 400:
-            raise self._refused(status, _message(answer), doing)
+            raise _refusal(self.where, status, _message(answer), doing)
         if status == 200:
             details = self._parsed(cast("Response[WorkflowDispatchResponse]", answer), doing)
             return int(details.workflow_run_id)
@@ -113,13 +117,20 @@ class GitHubActions:
         owner, name = _split(repo)
         actions = self._github.rest.actions
         doing = f"reading run {run_id} of {repo}"
-        answer = await self._send(doing, actions.async_get_workflow_run(owner, name, run_id), allow=(404,))
+        answer = await self._send(
+            doing, lambda headers: actions.async_get_workflow_run(owner, name, run_id, headers=headers), allow=(404,)
+        )
         if answer.status_code == 404:
             raise CIError(f"GitHub has no run {run_id} in {repo} (or the token cannot see it).")
         data = self._parsed(answer, doing)
         doing = f"listing the jobs of run {run_id} of {repo}"
-        call = actions.async_list_jobs_for_workflow_run(owner, name, run_id, per_page=100)
-        jobs = await self._send(doing, call, allow=(404,))
+        jobs = await self._send(
+            doing,
+            lambda headers: actions.async_list_jobs_for_workflow_run(
+                owner, name, run_id, per_page=100, headers=headers
+            ),
+            allow=(404,),
+        )
         steps = []
         if jobs.status_code == 200:
             for job in self._parsed(jobs, doing).jobs:
@@ -133,8 +144,16 @@ class GitHubActions:
         """The last lines of a job's log, reading at most LOG_BYTES of it into memory; [] when there is none."""
         owner, name = _split(repo)
         doing = f"reading the log of job {job_id} of {repo}"
-        call = self._github.rest.actions.async_download_job_logs_for_workflow_run(owner, name, job_id, stream=True)
-        answer = (await self._send(doing, call, allow=(404, 410))).raw_response
+        actions = self._github.rest.actions
+        answer = (
+            await self._send(
+                doing,
+                lambda headers: actions.async_download_job_logs_for_workflow_run(
+                    owner, name, job_id, headers=headers, stream=True
+                ),
+                allow=(302, 404, 410),
+            )
+        ).raw_response
         try:
             if answer.status_code == 200:  # served by the API itself (no redirect), still read as a tail
                 return await _tail_lines(answer, lines)
@@ -163,53 +182,58 @@ class GitHubActions:
     ) -> Response[Any]:
         """POST .../dispatches. Sent as it is: githubkit's generated call would drop `return_run_details`,
         which GitHub's description of the request body does not list yet (its 200 answer it does)."""
-        from githubkit.versions import LATEST_VERSION
         from githubkit_schemas.latest.models import WorkflowDispatchResponse
 
         url = f"/repos/{owner}/{name}/actions/workflows/{quote(workflow, safe='')}/dispatches"
-        call = self._github.arequest(
-            "POST",
-            url,
-            json=body,
-            headers={"X-GitHub-Api-Version": LATEST_VERSION},
-            response_model=WorkflowDispatchResponse,
+        github = self._github
+        return await self._send(
+            doing,
+            lambda headers: github.arequest(
+                "POST", url, json=body, headers=headers, response_model=WorkflowDispatchResponse
+            ),
+            allow=(400, 404, 422),
         )
-        return await self._send(doing, call, allow=(400, 404, 422))
 
     async def _find_run(self, owner: str, name: str, workflow: str, ref: str, since: datetime) -> int:
         """The run a dispatch answered 204 to: it appears in listings a moment after the dispatch."""
         doing = f"looking for the run of {workflow} just dispatched"
+        actions, created = self._github.rest.actions, f">={since:%Y-%m-%dT%H:%M:%SZ}"
         for _ in range(30):
-            call = self._github.rest.actions.async_list_workflow_runs(
-                owner,
-                name,
-                quote(workflow, safe=""),
-                event="workflow_dispatch",
-                branch=ref,
-                created=f">={since:%Y-%m-%dT%H:%M:%SZ}",
+            answer = await self._send(
+                doing,
+                lambda headers: actions.async_list_workflow_runs(
+                    owner,
+                    name,
+                    quote(workflow, safe=""),
+                    event="workflow_dispatch",
+                    branch=ref,
+                    created=created,
+                    headers=headers,
+                ),
+                allow=(404,),
             )
-            answer = await self._send(doing, call, allow=(404,))
             runs = self._parsed(answer, doing).workflow_runs if answer.status_code == 200 else []
             if runs:
                 return int(runs[0].id)
             await asyncio.sleep(1)
         raise CIError(f"GitHub accepted the dispatch of {workflow} but no run appeared within 30 s.")
 
-    async def _send(self, doing: str, call: Awaitable[Response[T]], allow: tuple[int, ...] = ()) -> Response[T]:
-        """Await one githubkit call; its answer, or (for a status in `allow`) the refusal; else one CIError."""
+    async def _send(self, doing: str, call: Call[T], allow: tuple[int, ...] = ()) -> Response[T]:
+        """One githubkit call, given its version header: the answer, or (a status in `allow`) the refusal; else
+        one CIError. A GitHub (Enterprise Server) without githubkit's API version is asked in OLDEST_VERSION."""
         from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
 
         try:
-            return await call
+            answer = await self._versioned(call)
         except RateLimitExceeded as exc:
             wait, status = int(exc.retry_after.total_seconds()), exc.response.status_code
             raise CIError(
                 f"{self.where} says the token's rate limit is spent (HTTP {status}); it resets in {wait} s."
             ) from None
         except RequestFailed as exc:
-            if exc.response.status_code in allow:
+            if exc.response.status_code in allow and not _refuses_version(exc.response):
                 return cast("Response[T]", exc.response)
-            raise self._refused(exc.response.status_code, _message(exc.response), doing) from None
+            raise _refusal(self.where, exc.response.status_code, _message(exc.response), doing) from None
         except RequestTimeout:
             raise CIError(f"{self.where} did not answer in time while {doing}.") from None
         except RequestError as exc:
@@ -219,22 +243,26 @@ class GitHubActions:
             ) from None
         except Exception as exc:  # e.g. a URL httpx cannot build a request for
             raise CIError(f"{self.where} could not be asked while {doing} ({type(exc).__name__}).") from None
-
-    def _refused(self, status: int, message: str, doing: str) -> CIError:
-        from githubkit.versions import LATEST_VERSION
-
-        if status == 401:
-            return CIError(
-                f"{self.where} refused the bot's token (HTTP 401) while {doing}; it may be revoked or expired: "
-                "check GITHUB_TOKEN or its Vault secret."
+        if answer.is_redirect and answer.status_code not in allow:  # GitHub's 301 for a moved repository
+            await answer.raw_response.aclose()
+            raise CIError(
+                f"{self.where} answered HTTP {answer.status_code} (moved) while {doing}; the bot follows no redirect "
+                "with its token: if the repository was renamed or transferred, update the image's `repo` setting."
             )
-        if status == 403:
-            return CIError(f"{self.where} refused {doing} (HTTP 403): the token needs {TOKEN_NEEDS}.")
-        if status == 400 and "api version" in message.lower():
-            return CIError(f"{self.where} does not support REST API version {LATEST_VERSION} (HTTP 400): {message}")
-        if status >= 500:
-            return CIError(f"{self.where} failed with HTTP {status} while {doing}; try again later.")
-        return CIError(f"{self.where} answered HTTP {status} while {doing}{f': {message}' if message else ''}.")
+        return answer
+
+    async def _versioned(self, call: Call[T]) -> Response[T]:
+        """The call in the API version this GitHub speaks: githubkit's, else (asked once) OLDEST_VERSION."""
+        from githubkit.exception import RequestFailed
+
+        try:
+            return await call({"X-GitHub-Api-Version": self._version})
+        except RequestFailed as exc:
+            if not _refuses_version(exc.response) or self._version == OLDEST_VERSION:
+                raise
+        log.info("%s does not support REST API version %s; asking in %s", self.where, self._version, OLDEST_VERSION)
+        self._version = OLDEST_VERSION
+        return await call({"X-GitHub-Api-Version": self._version})
 
     def _parsed(self, answer: Response[T], doing: str) -> T:
         """The answer read by GitHub's schema; one CIError when it does not fit (the details go to the log)."""
@@ -280,6 +308,26 @@ def _split(repo: str) -> tuple[str, str]:
     if not owner or not name or "/" in name:
         raise CIError(f"The GitHub repository {repo!r} is not owner/name; fix the image's `repo` setting.")
     return quote(owner, safe=""), quote(name, safe="")
+
+
+def _refusal(where: str, status: int, message: str, doing: str) -> CIError:
+    """One line for an answer GitHub gives when it refuses, naming what to do."""
+    if status == 401:
+        return CIError(
+            f"{where} refused the bot's token (HTTP 401) while {doing}; it may be revoked or expired: "
+            "check GITHUB_TOKEN or its Vault secret."
+        )
+    if status == 403:
+        return CIError(f"{where} refused {doing} (HTTP 403): the token needs {TOKEN_NEEDS}.")
+    if status == 400 and "api version" in message.lower():
+        return CIError(f"{where} supports neither REST API version the bot speaks (HTTP 400): {message}")
+    if status >= 500:
+        return CIError(f"{where} failed with HTTP {status} while {doing}; try again later.")
+    return CIError(f"{where} answered HTTP {status} while {doing}{f': {message}' if message else ''}.")
+
+
+def _refuses_version(answer: Response[Any]) -> bool:
+    return answer.status_code == 400 and "api version" in _message(answer).lower()
 
 
 def _message(answer: Response[Any]) -> str:
