@@ -9,7 +9,9 @@ guess. Refusals, timeouts and outages are one-line CIErrors too; the token is ne
   Server that refuses the option (400 naming it) is asked again without it.
 - A job's log answers 302 to a signed URL: the redirect is never followed with the token (the client does
   not follow redirects); the URL is fetched by a plain client, only on GitHub's own hosts, and at most
-  LOG_BYTES of it are kept.
+  LOG_BYTES of it are kept. No other redirect is followed either (a 301 for a renamed repository is one line).
+- githubkit asks in REST API version 2026-03-10; a GitHub that refuses it (an Enterprise Server that does not
+  know it yet) is asked once more in 2022-11-28, and in that version from then on.
 """
 
 from __future__ import annotations
