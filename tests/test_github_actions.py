@@ -145,6 +145,9 @@ async def test_a_log_redirect_off_githubs_hosts_is_not_followed(gh: GitHubAction
             assert await build.log_tail(done, failing) == []
             gh.fault("GET", r"/logs$", 410, body=json.dumps({"message": "Gone", "status": "410"}).encode())
             assert await build.log_tail(done, failing) == []  # logs past retention: nothing to show
+            served = "first\nsecond\n"  # a GitHub that serves the log itself rather than redirecting
+            gh.fault("GET", r"/logs$", 200, body=served, headers={"Content-Type": "text/plain"})
+            assert await build.log_tail(done, failing) == ["first", "second"]
         finally:
             await build.aclose()
     finally:

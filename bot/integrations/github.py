@@ -160,6 +160,8 @@ class GitHubActions:
             if answer.status_code == 200:  # served by the API itself (no redirect), still read as a tail
                 return await _tail_lines(answer, lines)
             location = answer.headers.get("Location", "")
+        except httpx.HTTPError:
+            return []  # cut off mid-log: there is nothing whole to show
         finally:
             await answer.aclose()
         if answer.status_code != 302 or not location:
