@@ -12,6 +12,13 @@ single manifests), then prints, in one run:
 Usage: python benchmarks/scan.py [--repos 320] [--curl-sample 60] [--runs 3]
 The curl way is timed on a sample of repositories and scaled to all of them (it takes minutes otherwise);
 --curl-sample 0 times it on every repository.
+
+With --scale [--sizes 300,1000,3000] it fills one registry to each size in turn (TAGS_PER_REPO tags a
+repository, pushed concurrently) and prints, at each size, the time of `scan` (best of --runs, interleaved
+with the ceiling), its ratio to the ceiling, and the peak RSS of `scan`, `scan --jsonl` and `scan --json`;
+then the time per tag and the peak-RSS slope per tag (least squares over the sizes), which is what a
+registry ten or a hundred times larger would add. The ceiling holds everything it meets; it is the speed
+to match, not the memory.
 """
 
 from __future__ import annotations
@@ -124,7 +131,12 @@ def main() -> None:
     parser.add_argument("--repos", type=int, default=320)
     parser.add_argument("--curl-sample", type=int, default=60)
     parser.add_argument("--runs", type=int, default=3, help="runs of each timed process (the best counts)")
+    parser.add_argument("--scale", action="store_true", help="time and memory per tag at growing sizes")
+    parser.add_argument("--sizes", default="300,1000,3000", help="tag counts for --scale")
     args = parser.parse_args()
+    if args.scale:
+        scale([int(size) for size in args.sizes.split(",")], args.runs)
+        return
     python = str(Path(sys.prefix) / "bin" / "python")
     with Registry() as registry:
         started = time.perf_counter()
@@ -170,6 +182,112 @@ def main() -> None:
     print(f"  ... configs HEADed     {heads_seconds:7.2f} s  (the ceiling before configs were read and hashed)")
     print(f"speed-up over curl: {curl_seconds / bot_seconds:.1f}x (target >= 4x)")
     print(f"ratio to ceiling:   {bot_seconds / ceiling_seconds:.2f}x (target <= 1.3x)")
+
+
+TAGS_PER_REPO = 10
+
+
+def fill(registry: Registry, start: int, stop: int) -> None:
+    """Tags start..stop-1, TAGS_PER_REPO to a repository: three in four multi-arch indexes, sharing base layers,
+    each with its own layer and config per platform. Pushed by 12 threads (one by one manages ~240 a minute)."""
+    base = (b"debian bookworm base layer " * 4096, b"python 3.11 runtime layer " * 2048)
+    pushers = [ImagePusher(registry.url) for _ in range(12)]
+
+    def push(repo: int) -> None:  # one thread a repository: its tags share base layers
+        pusher = pushers[repo % len(pushers)]
+        for i in range(max(start, repo * TAGS_PER_REPO), min(stop, (repo + 1) * TAGS_PER_REPO)):
+            name, tag = f"viktor/app-{repo:04d}", f"v{i % TAGS_PER_REPO}"
+            if i % 4 == 3:
+                pusher.push_single(name, tag, base_layers=base, layers=1)
+            else:
+                pusher.push_image(name, tag, base_layers=base, layers=1)
+
+    repos = range(start // TAGS_PER_REPO, (stop + TAGS_PER_REPO - 1) // TAGS_PER_REPO)
+    with ThreadPoolExecutor(len(pushers)) as pool:
+        list(pool.map(push, repos))
+    for pusher in pushers:
+        pusher.close()
+
+
+# The child reports its own peak: ru_maxrss from wait4 would also count the benchmark's own pages, which the
+# child shares until it execs (the kernel folds the pre-exec high-water mark into it).
+PEAK = (
+    "import atexit, runpy, sys\n"
+    "path, module = sys.argv[1:3]\n"
+    "def peak():\n"
+    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+    "    open(path, 'w').write(hwm)\n"
+    "atexit.register(peak)\n"
+    "sys.argv = [module, *sys.argv[3:]]\n"
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+)
+
+
+def measured(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """(seconds, peak RSS in KiB, stdout) of `python -m <module> ...` (command[1:3] == ['-m', module])."""
+    python, _, module, *args = command
+    with tempfile.NamedTemporaryFile() as peak, tempfile.TemporaryFile() as out:
+        started = time.perf_counter()
+        subprocess.run([python, "-c", PEAK, peak.name, module, *args], env=env, stdout=out, stderr=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        return seconds, int(Path(peak.name).read_text() or 0), out.read().decode()
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, env=env, capture_output=True, check=True)
+    return time.perf_counter() - started
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+
+
+def scale(sizes: list[int], runs: int) -> None:
+    python = str(Path(sys.prefix) / "bin" / "python")
+    modes = {"scan": [], "scan --jsonl": [], "scan --json": []}
+    rows = []
+    with Registry() as registry, tempfile.NamedTemporaryFile("w", suffix=".py") as script:
+        script.write(CEILING)
+        script.flush()
+        env = {**os.environ, "REGISTRY_URL": registry.url, "REGISTRY_KIND": "distribution"}
+        filled = 0
+        for size in sorted(sizes):
+            started = time.perf_counter()
+            fill(registry, filled, size)
+            filled = size
+            print(f"filled to {size} tags in {time.perf_counter() - started:.0f} s", flush=True)
+            measured([python, "-m", "bot", "scan"], env)  # warm the page cache
+            figures: dict[str, tuple[float, int, str]] = {}
+            ceiling = float("inf")
+            for _ in range(runs):  # interleaved, so a noisy moment on the machine hits every command alike
+                for mode in modes:
+                    run = measured([python, "-m", "bot", *mode.split()], env)
+                    if mode not in figures or run[0] < figures[mode][0]:
+                        figures[mode] = run
+                ceiling = min(ceiling, timed([python, script.name, registry.url, ACCEPT, "get"], env))
+            summary = json.loads(figures["scan --json"][2])["summary"]
+            assert summary["tags"] == size and summary["broken"] == 0, summary
+            for mode in modes:
+                modes[mode].append((size, figures[mode][1]))
+            seconds, rss, _ = figures["scan"]
+            rows.append((size, seconds, ceiling, rss, figures["scan --jsonl"][1], figures["scan --json"][1]))
+            print(
+                f"{size:>6} tags  scan {seconds:6.2f} s  {seconds / size * 1000:5.2f} ms/tag  "
+                f"ceiling {ceiling:6.2f} s  ratio {seconds / ceiling:4.2f}x  peak RSS {rss / 1024:6.1f} MiB "
+                f"(--jsonl {figures['scan --jsonl'][1] / 1024:.1f}, --json {figures['scan --json'][1] / 1024:.1f})",
+                flush=True,
+            )
+    times = slope([(size, seconds) for size, seconds, *_ in rows])
+    print(f"time per tag (slope): {times * 1000:.2f} ms; ratio to the ceiling at {rows[-1][0]} tags: "
+          f"{rows[-1][1] / rows[-1][2]:.2f}x")  # fmt: skip
+    for mode, points in modes.items():
+        kib = slope([(size, float(rss)) for size, rss in points])
+        print(f"peak-RSS slope, {mode:<13} {kib:6.2f} KiB/tag  (100,000 tags: +{kib * 100_000 / 1024:.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -50,9 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--deep", action="store_true", help=DEEP_HELP)
 
     scan = commands.add_parser("scan", help="check every tag of every repository")
-    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    shape = scan.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="print one JSON object")
+    shape.add_argument("--jsonl", action="store_true", help="one JSON line per tag as it is done, then the summary")
     scan.add_argument("--deep", action="store_true", help=DEEP_HELP)
     scan.add_argument("--tags-per-repo", type=int, metavar="N", help="only the last N tags of each repository")
+    scan.add_argument(
+        "--rate", type=float, metavar="N", help="at most N registry requests a second (default: SCAN_RATE_LIMIT)"
+    )
     scan.add_argument(
         "--registry", action="append", metavar="HOST", help="only this registry (by host; may be repeated)"
     )
@@ -109,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`scan --jsonl | head`): nothing more to say, to no one
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail
+        return EXIT_ERROR
     except Exception as exc:  # the last guard: a person never sees a traceback
         logging.getLogger("bot").debug("unexpected failure", exc_info=True)
         print(
@@ -198,31 +207,48 @@ def _clear_progress_line(deep: bool) -> None:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from bot.registry.multiscan import exit_code, select_registries, to_json
+    from bot.registry.multiscan import exit_code, json_document, select_registries, summary_of
 
     settings = load_settings()
     if args.tags_per_repo is not None and args.tags_per_repo < 0:
         print("registry-bot: --tags-per-repo must be 0 or more.", file=sys.stderr)
         return EXIT_ERROR
+    if args.rate is not None and not 0 <= args.rate < float("inf"):
+        print("registry-bot: --rate must be a number of requests per second, 0 (unlimited) or more.", file=sys.stderr)
+        return EXIT_ERROR
     entries = select_registries(settings, args.registry)
     if not entries:
         settings.require("registry_url")
+    order = {entry.host: index for index, entry in enumerate(entries)}
+    collected: list[tuple[int, str, str]] = []  # --json: (registry, reference, the result's JSON), not results
+
+    def collect(result: CheckResult) -> None:
+        collected.append((order.get(result.registry, 0), result.reference, json.dumps(result.to_json())))
+
+    def line(result: CheckResult) -> None:  # --jsonl: out as soon as it is done
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        sys.stdout.flush()
+
+    on_result = collect if args.json else line if args.jsonl else None
     try:
-        scans = asyncio.run(_scan_all(settings, entries, args.tags_per_repo, args.deep))
+        scans = asyncio.run(_scan_all(settings, entries, args.tags_per_repo, args.deep, args.rate, on_result))
     except UserFacingError as exc:
-        _clear_progress_line(args.deep)
         hosts = ",".join(entry.host for entry in entries)
+        summary = {"registry": hosts, "status": "error", "error": str(exc)}
         if args.json:
-            print(json.dumps({"results": [], "summary": {"registry": hosts, "status": "error", "error": str(exc)}}))
+            print(json.dumps({"results": [], "summary": summary}))
+        elif args.jsonl:
+            print(json.dumps({"summary": summary}))
         else:
             print(f"COULD NOT SCAN {hosts}: {exc}")
         return EXIT_ERROR
-    _clear_progress_line(args.deep)
     if args.json:
-        print(json.dumps(to_json(scans)))
-        return exit_code(scans)
-    for scan, entry in zip(scans, entries, strict=True):
-        _print_scan(scan, entry)
+        print(json_document(scans, [text for _, _, text in sorted(collected)]))
+    elif args.jsonl:
+        print(json.dumps(summary_of(scans)))
+    else:
+        for scan, entry in zip(scans, entries, strict=True):
+            _print_scan(scan, entry)
     return exit_code(scans)
 
 
@@ -235,25 +261,45 @@ def _print_scan(scan: ScanResult, entry: RegistryConfig) -> None:
     summary = scan.summary()
     hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
     print(
-        f"{'BROKEN' if scan.broken else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
+        f"{'BROKEN' if summary['broken'] else 'INTACT'} {scan.registry}: {summary['tags']} tags in "
         f"{summary['repositories']} repositories, {summary['broken']} broken, {summary['errors']} not checked "
         f"({summary['objects_checked']} objects{hashed}, {summary['elapsed_ms']} ms, listed by {scan.listed_by})."
     )
-    for result in scan.results:
-        if result.status != "intact":
-            _print_verdict(result, entry)
+    for result in sorted(scan.results, key=lambda r: r.reference):  # only what is not intact was kept
+        _print_verdict(result, entry)
 
 
 async def _scan_all(
-    settings: Settings, entries: tuple[RegistryConfig, ...], tags_per_repo: int | None, deep: bool
+    settings: Settings,
+    entries: tuple[RegistryConfig, ...],
+    tags_per_repo: int | None,
+    deep: bool,
+    rate: float | None,
+    on_result: Callable[[CheckResult], None] | None,
 ) -> list[ScanResult]:
-    from bot.registry.multiscan import scan_registries
+    from bot.registry.multiscan import configured_rate, scan_registries
+    from bot.registry.progress import ScanProgress
+    from bot.registry.scan import keep_problems
     from bot.secrets import SecretResolver
+    from bot.terminal import ProgressLine
 
-    progress = _progress_line(deep) if len(entries) == 1 else None  # one terminal line: one registry's
-    return await scan_registries(
-        settings, SecretResolver(settings), entries, tags_per_repo=tags_per_repo, deep=deep, on_progress=progress
-    )
+    progress = ScanProgress()
+    line = ProgressLine.on_terminal(progress)  # stderr only, and only on a terminal
+    try:
+        return await scan_registries(
+            settings,
+            SecretResolver(settings),
+            entries,
+            tags_per_repo=tags_per_repo,
+            deep=deep,
+            on_result=on_result,
+            keep=keep_problems,
+            progress=progress,
+            rate_of=configured_rate(settings) if rate is None else lambda entry: rate,
+        )
+    finally:
+        if line is not None:
+            await line.close()
 
 
 def parse_duration(text: str) -> float:

@@ -77,6 +77,12 @@ class Settings:
     registry_timeout: float = _setting(10.0, "Seconds before one registry request times out.")
     registry_retries: int = _setting(3, "Attempts per request on 5xx, timeouts and connection errors.")
     registry_concurrency: int = _setting(32, "Registry requests in flight at once.")
+    scan_rate_limit: float = _setting(
+        0.0,
+        "Registry requests per second a scan may send (a token bucket). 0: the CLI's `scan` is unlimited "
+        "(`--rate` sets it there); `serve` spreads its probe over half of SCAN_INTERVAL and its deep scan over "
+        "half of DEEP_SCAN_INTERVAL, at the last one's request count (at least 10/s).",
+    )
     deep_concurrency: int = _setting(4, "Layer downloads in flight at once in a deep check (`--deep`).")
     deep_rate_limit: int = _setting(
         0, "Bytes per second all of a deep check's downloads together may read (0: unlimited)."
@@ -349,3 +355,5 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"PRUNE_SCHEDULE is not a cron schedule (5 fields, like 0 6 * * 1): {exc}.") from None
     if settings.deep_rate_limit < 0:
         raise ConfigError("DEEP_RATE_LIMIT must be 0 (unlimited) or a number of bytes per second.")
+    if not 0 <= settings.scan_rate_limit < float("inf"):  # also refuses nan
+        raise ConfigError("SCAN_RATE_LIMIT must be 0 (see the README) or a number of requests per second.")

@@ -67,6 +67,21 @@ ALERTS_RECEIVED = Counter(
     ["alertname", "outcome"],
     registry=REGISTRY,
 )
+SCAN_REQUESTS = Gauge(
+    "registry_bot_scan_requests",
+    "Registry requests the last scan of its kind sent (scan: the probe or /registry scan; deep)",
+    ["instance", "kind"],
+    registry=REGISTRY,
+)
+SCAN_SECONDS = Gauge(
+    "registry_bot_scan_seconds", "Seconds the last scan of its kind took", ["instance", "kind"], registry=REGISTRY
+)
+SCAN_RATE_LIMIT = Gauge(
+    "registry_bot_scan_rate_limit",
+    "Requests per second the last scan of its kind was held to (0: unlimited)",
+    ["instance", "kind"],
+    registry=REGISTRY,
+)
 IS_LEADER = Gauge("registry_bot_leader", "1 while this replica runs the scheduler and the scan", registry=REGISTRY)
 
 PROBE_GAUGES = (PROBE_FAILURES, PROBE_CATALOG, PROBE_REPOS, PROBE_TAGS, PROBE_INDEXES, PROBE_LAST_RUN)
@@ -82,6 +97,13 @@ def observe_registry(method: str, status: int, seconds: float) -> None:
     """The registry client's observer: every answer counted and timed (status 0: no answer)."""
     REGISTRY_REQUESTS.labels(method=method, status=str(status) if status else "none").inc()
     REGISTRY_LATENCY.labels(method=method).observe(seconds)
+
+
+def observe_scan(instance: str, kind: str, requests: int, seconds: float, rate_limit: float) -> None:
+    """A scan's load on the registry, so an operator sees what a scan costs and what pace it kept."""
+    SCAN_REQUESTS.labels(instance=instance, kind=kind).set(requests)
+    SCAN_SECONDS.labels(instance=instance, kind=kind).set(seconds)
+    SCAN_RATE_LIMIT.labels(instance=instance, kind=kind).set(rate_limit)
 
 
 def count_incidents(states: list[str]) -> None:

@@ -184,7 +184,6 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop_serving)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign,attr-defined]
     # Everything allocated so far lives as long as the process: keep it out of the collector's full passes,
     # which otherwise stop every request in flight for ~100 ms (measured by benchmarks/ack.py).
     gc.collect()

@@ -4,6 +4,7 @@ scan covers them all at once (or those `--registry` names), and each gets only i
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from bot.config import Secret
 from tests.conftest import run_cli
 from tests.peers.forgejo import ForgejoStandIn
 from tests.peers.registry import ImagePusher, Registry
+from tests.test_deep import conforms
 
 MIRROR_USER, MIRROR_PASSWORD = "mirror-user", "mirror-pass-s3cret"
 PULL = "pull-token-s3cret"
@@ -79,6 +81,7 @@ def test_scan_covers_every_registry_and_registry_limits_it(two, forgejo, mirror)
     assert lines[1].startswith(f"BROKEN viktor/old:v1 on {forgejo.host}")
     assert any(line.startswith(f"INTACT {mirror.host}: 1 tags in 1 repositories, 0 broken") for line in lines)
     body = run_cli("scan", "--json", env=two).json()
+    conforms(body, "scan")
     assert [s["registry"] for s in body["registries"]] == [forgejo.host, mirror.host]
     assert body["summary"]["tags"] == 3 and body["summary"]["broken"] == 1
     assert {r["registry"] for r in body["results"]} == {forgejo.host, mirror.host}
@@ -133,3 +136,47 @@ def test_a_slow_registry_never_slows_another_ones_scan():
     assert slow_result.elapsed_ms > 5 * fast_beside.elapsed_ms  # the slow one really was slow
     assert fast_beside.elapsed_ms < 3 * max(alone, 20)  # and the fast one did not wait for it
     assert together_ms < 1.3 * slow_result.elapsed_ms  # concurrently: the run lasts as long as the slowest
+
+
+def test_jsonl_streams_every_registrys_tags_then_one_summary_naming_each(two, forgejo, mirror):
+    run = run_cli("scan", "--jsonl", env=two)
+    assert run.code == 1, run.stdout + run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    *results, last = lines
+    for result in results:
+        conforms(result, "check")
+    conforms(last, "scan_end")
+    assert sorted((r["registry"], r["reference"]) for r in results) == [
+        (forgejo.host, "viktor/old:v1"),
+        (forgejo.host, "viktor/payslip-ingest:latest"),
+        (mirror.host, "library/alpine:3.20"),
+    ]
+    assert last["summary"]["tags"] == 3 and [s["registry"] for s in last["registries"]] == [forgejo.host, mirror.host]
+
+
+def test_each_registry_keeps_its_own_pace_and_one_progress_adds_them_up(forgejo, mirror):
+    """A registry's `scan_rate_limit` paces that registry only; the progress a display reads covers both."""
+    import asyncio
+
+    from bot.config import Settings
+    from bot.registry.multiscan import scan_registries
+    from bot.registry.progress import ScanProgress
+    from bot.registry.registries import RegistryConfig
+    from bot.secrets import SecretResolver
+
+    paced = RegistryConfig(
+        url=forgejo.url, kind="forgejo", username="cluster-puller", password=Secret(PULL), scan_rate_limit=4
+    )
+    free = RegistryConfig(
+        url=mirror.url, kind="distribution", username=MIRROR_USER, password=Secret(MIRROR_PASSWORD), instance="m"
+    )
+    settings = Settings(registries=(paced, free))
+    progress = ScanProgress()
+    scans = asyncio.run(scan_registries(settings, SecretResolver(settings), (paced, free), progress=progress))
+    slow, fast = scans
+    assert (slow.rate_limit, fast.rate_limit) == (4.0, 0.0)
+    # One second of tokens up front, then 4 a second: the paced registry's requests take at least this long.
+    assert slow.elapsed_ms >= 0.9 * 1000 * (slow.requests - 4) / 4, (slow.requests, slow.elapsed_ms)
+    assert fast.elapsed_ms < slow.elapsed_ms
+    assert progress.listing_done and progress.listed == progress.done == 3 and progress.broken == 1
+    assert progress.requests == slow.requests + fast.requests

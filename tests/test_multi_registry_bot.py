@@ -82,3 +82,19 @@ def test_the_probe_exports_its_gauges_once_per_registry(slack, registries):
         assert f'registry_manifest_integrity_failures{{instance="{instance}"}} 1.0' in metrics
         assert f'registry_manifest_integrity_tags_checked{{instance="{instance}"}} 1.0' in metrics
         assert f'registry_manifest_integrity_catalog_accessible{{instance="{instance}"}} 1.0' in metrics
+        assert f'registry_bot_scan_requests{{instance="{instance}",kind="scan"}}' in metrics  # its load, apart
+
+
+def test_registry_scan_shows_one_message_that_ends_with_each_registrys_summary(slack, registries):
+    forgejo, ghcr, env = registries
+    with BotProcess(slack, env) as bot:
+        assert bot.command("scan").status_code == 200
+        message = slack.wait_for(
+            lambda s: next((m for m in roots(s) if m["text"].count("Scan of") == 2), None), timeout=30
+        )
+        first = message["edits"][0]["text"] if message["edits"] else message["text"]
+        assert first.startswith(f"🔎 Scanning {forgejo.host}, {ghcr.host}")
+        assert f"🔴 Scan of {forgejo.host}: 1 tags" in message["text"]
+        assert f"🔴 Scan of {ghcr.host}: 1 tags" in message["text"]
+        sections = [b for b in message["blocks"] if b["type"] == "section"]
+        assert len(sections) == 2

@@ -62,6 +62,7 @@ registries:
     ca_file: /etc/ssl/ca.pem
     timeout: 4
     concurrency: 8
+    scan_rate_limit: 25
 """
     settings = load_settings(config(tmp_path, text))
     (entry,) = registry_list(settings)
@@ -78,7 +79,7 @@ registries:
         4.0,
         8,
     )
-    assert view.all_registry_hosts == ("ghcr.io", "ghcr-mirror.internal:5000")
+    assert view.all_registry_hosts == ("ghcr.io", "ghcr-mirror.internal:5000") and view.scan_rate_limit == 25.0
     assert (view.instance, view.registry_tls_verify, view.registry_ca_file) == ("ghcr", False, "/etc/ssl/ca.pem")
 
 
@@ -118,6 +119,9 @@ def test_both_is_one_line_at_start(tmp_path):
         ("[{url: https://r.example, timeout: soon}]", "timeout must be a number"),
         ("[{url: https://r.example, concurrency: 0}]", "concurrency must be positive"),
         ("[{url: https://r.example, owner_type: team}]", "owner_type must be user or org"),
+        ("[{url: https://r.example, scan_rate_limit: -1}]", "scan_rate_limit must be 0 (unlimited)"),
+        ("[{url: https://r.example, scan_rate_limit: .nan}]", "scan_rate_limit must be 0 (unlimited)"),
+        ("[{url: https://r.example, scan_rate_limit: fast}]", "scan_rate_limit must be 0 (unlimited)"),
         ("[{url: https://a.example}, {url: https://b.example, hosts: [A.example]}]", "both name the host a.example"),
         ("[{url: https://a.example, instance: x}, {url: https://b.example, instance: x}]", "both have instance x"),
     ],

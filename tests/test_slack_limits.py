@@ -137,7 +137,8 @@ def test_checks_scans_alerts_and_approvals_fit(name, tag, found, error, broken, 
     fits(*blocks.check_message(result, user))
     scan = ScanResult("forgejo.example", error=error or None)
     scan.results = [CheckResult(f"{n}:{t}", "r", "broken") for n, t in broken]
-    fits(*blocks.scan_summary(scan, user))
+    fits(*blocks.scan_summary([scan], user))
+    fits(*blocks.scan_summary([scan] * 60, user))  # one section each, as many registries as a message holds
     fits(*blocks.info_alert("RegistryIntegrityProbeStale", name, summary))
     request = ApprovalRequest(
         id=5, incident_id=1, phase=Phase.NODE, target=name, requested_by=user or "U1", requested_at=NOW,

@@ -9,6 +9,7 @@ from bot import metrics
 from bot.config import Settings
 from bot.engine.intake import Intake
 from bot.engine.ports import Audit, Notifier, Supervisor
+from bot.engine.scans import shown_while
 from bot.errors import UserFacingError
 from bot.incidents.lifecycle import StepState
 from bot.incidents.models import Incident
@@ -16,7 +17,7 @@ from bot.incidents.store import Store
 from bot.refs import ImageRef
 from bot.registry.blobs import DeepProgress
 from bot.registry.model import CheckResult, human_bytes
-from bot.registry.registries import for_host
+from bot.registry.registries import for_host, registries_named
 from bot.registry.scan import ScanResult
 from bot.registry.session import open_registry
 from bot.secrets import SecretResolver
@@ -102,12 +103,14 @@ class Commands:
         return current if current and current != ref.digest else None
 
     async def command_scan(self, user: str | None, channel: str) -> list[ScanResult]:
-        """Every registry scanned at once; one summary per registry, then incidents for what broke."""
-        scans = await self.intake.scan()
+        """Every registry scanned at once (or the scan running, joined), in a message that shows its progress
+        every 5 s and ends as one summary per registry; then incidents for what broke."""
+        live = self.notifier.live_message(channel, f"🔎 Scanning {registries_named(self.settings)}")
+        scans = await shown_while(live, self.intake.scan(), lambda: self.intake.scans.progress)
         for scan in scans:
-            outcome = "error" if scan.error else f"{len(scan.broken)} broken"
+            outcome = "error" if scan.error else f"{scan.tally.broken} broken"
             await self.audit("scan", outcome, user=user, detail=scan.registry)
-            await self.notifier.scan_summary(channel, user, scan)
+        await self.notifier.scan_summary(channel, user, scans, live)
         await self.intake.report_scan(scans, "scan", user)
         return scans
 

@@ -17,6 +17,7 @@ from bot.alerts import INFO_ALERTS, INTEGRITY_FAILURE, Alert, Notification
 from bot.config import Settings
 from bot.engine.ports import Audit, Notifier, Supervisor
 from bot.engine.runner import Runner
+from bot.engine.scans import Scans, shown_while
 from bot.errors import BadReference, UserFacingError
 from bot.incidents.lifecycle import Phase
 from bot.incidents.models import Incident, InfoAlert
@@ -26,8 +27,7 @@ from bot.refs import ImageRef, parse_reference
 from bot.registry.blobs import ProgressHook
 from bot.registry.integrity import IntegrityChecker
 from bot.registry.model import CheckResult
-from bot.registry.multiscan import scan_registries
-from bot.registry.registries import RegistryConfig, for_host, for_instance, registry_list
+from bot.registry.registries import RegistryConfig, for_host, for_instance, registries_named, registry_list
 from bot.registry.scan import ScanResult
 from bot.registry.session import open_registry
 from bot.secrets import SecretResolver
@@ -59,7 +59,7 @@ class Intake:
         self.audit = Audit(store)
         self._detection: dict[str, asyncio.Task[list[Incident]]] = {}  # by registry instance
         self._again: set[str] = set()  # registries asked to detect again while a detection ran
-        self._scan: asyncio.Task[list[ScanResult]] | None = None
+        self.scans = Scans(settings, secrets)
 
     # --- the registry ------------------------------------------------------------------------------------
 
@@ -75,20 +75,18 @@ class Intake:
             checker = IntegrityChecker(client, deep=deep, on_progress=on_progress, progress_every=PROGRESS_EVERY)
             return await checker.check(ref, display=display)
 
-    async def scan(self) -> list[ScanResult]:
-        """One scan of every registry at a time, process-wide: a scan asked for while one runs joins it.
-        One ScanResult per registry, in the order of the list."""
-        if self._scan is None or self._scan.done():
-            self._scan = asyncio.ensure_future(self._scan_once())
-        return await asyncio.shield(self._scan)
-
-    async def _scan_once(self, deep: bool = False, only: Sequence[RegistryConfig] | None = None) -> list[ScanResult]:
-        entries = registry_list(self.settings) if only is None else only
-        return await scan_registries(self.settings, self.secrets, entries, observer=metrics.observe_registry, deep=deep)
+    async def scan(self, spread: bool = False, only: RegistryConfig | None = None) -> list[ScanResult]:
+        """One scan of every registry at a time, process-wide (engine/scans.py: its pace and progress)."""
+        return await self.scans.scan(spread, only)
 
     async def deep_scan_once(self) -> list[ScanResult]:
-        """Every tag walked and every layer hashed (DEEP_RATE_LIMIT paces it); incidents for what broke."""
-        scans = await self._scan_once(deep=True)
+        """Every tag walked and every layer hashed, its progress in a channel message; incidents for what broke."""
+        channel = self.settings.slack_channel
+        live = self.notifier.live_message(
+            channel, f"🔎 Deep scan of {registries_named(self.settings)}: every layer hashed"
+        )
+        scans = await shown_while(live, self.scans.deep_scan(), lambda: self.scans.deep_progress)
+        await self.notifier.scan_summary(channel, None, scans, live)
         for scan in scans:
             summary = scan.summary()
             shown = {k: summary.get(k) for k in ("registry", "tags", "broken", "errors", "elapsed_ms")}
@@ -213,7 +211,7 @@ class Intake:
         is_default = entry == registry_list(self.settings)[0]
         candidates = await self._probe_candidates() if is_default else None
         if candidates is None:
-            (scan,) = await self._scan_once(only=(entry,))
+            (scan,) = await self.scan(only=entry)
             if scan.error:
                 log.error("the scan for an alert could not list %s: %s", entry.host, scan.error)
                 await self.notifier.channel_note(
@@ -264,8 +262,9 @@ class Intake:
 
     async def probe_once(self) -> list[ScanResult]:
         """A full scan of every registry, exported under the probe's metric names once per registry (with
-        that registry's `instance`), and incidents for what broke."""
-        scans = await self.scan()
+        that registry's `instance`), and incidents for what broke; spread over half of SCAN_INTERVAL unless a
+        rate limit says otherwise."""
+        scans = await self.scan(spread=True)
         for scan, entry in zip(scans, registry_list(self.settings), strict=False):
             instance, summary = entry.label, scan.summary()
             metrics.PROBE_CATALOG.labels(instance=instance).set(0 if scan.error else 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -54,7 +54,13 @@ class Notifier(Protocol):
     # Outside any incident.
     async def check_verdict(self, channel: str, user: str, result: CheckResult) -> None: ...
     async def broken_elsewhere(self, channel: str, user: str, incident: Incident) -> None: ...
-    async def scan_summary(self, channel: str, user: str | None, scan: ScanResult) -> None: ...
+    async def scan_summary(
+        self, channel: str, user: str | None, scans: Sequence[ScanResult], live: RunProgress | None = None
+    ) -> None:
+        """A scan's summary, every registry's: in `live` (the message that showed its progress) when given,
+        else in a new message."""
+        ...
+
     async def channel_note(self, text: str) -> None: ...
     async def info_alert(self, alertname: str, instance: str, summary: str, count: int) -> Thread | None: ...
     async def info_alert_changed(

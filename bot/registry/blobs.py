@@ -159,11 +159,16 @@ class BlobChecker:
         self._gate = asyncio.Semaphore(client.settings.deep_concurrency)
         self._pace = RateLimit(client.settings.deep_rate_limit)
         self._content: dict[str, asyncio.Task[BlobFinding]] = {}
-        self.layer_sizes: dict[str, int] = {}  # every layer the walk met, by digest: what a deep check would read
+        # Every layer the walk met, by repository then digest: what a deep check would read. A scan forgets a
+        # repository's when its last tag is done (`forget`), so they never add up over a registry.
+        self.layer_sizes: dict[str, dict[str, int]] = {}
 
     @property
     def host(self) -> str:
         return self.client.settings.registry_host
+
+    def forget(self, name: str) -> None:
+        self.layer_sizes.pop(name, None)
 
     async def check(self, name: str, kind: Kind, descriptor: dict[str, Any]) -> BlobFinding:
         """One config or layer of repository `name`; raises CouldNotCheck when the registry cannot be asked."""
@@ -171,7 +176,7 @@ class BlobChecker:
             return await self._read(name, kind, descriptor, limit=MAX_CONFIG_BYTES, paced=False)
         finding = await self._head(name, kind, descriptor)
         if isinstance(descriptor.get("size"), int):
-            self.layer_sizes[str(descriptor["digest"])] = descriptor["size"]
+            self.layer_sizes.setdefault(name, {})[str(descriptor["digest"])] = descriptor["size"]
         if not self.deep or finding.problems:
             return finding
         digest = str(descriptor["digest"])

@@ -7,7 +7,7 @@
   REGISTRY_TOKEN_REALMS, never from https to plain http, and never follows a redirect. Anything else is
   "could not check", naming the host.
 - Retries with backoff only on 5xx, timeouts and connection errors; never on 4xx.
-- One connection pool for the whole run; a semaphore bounds requests in flight.
+- One connection pool for the whole run; `slots` (pace.py) bound requests in flight and per second.
 
 It runs on aiohttp, not httpx: a scan is thousands of small requests on a machine whose cores the registry
 shares, and httpx's async pool cost ~2 ms of CPU per request here (more as concurrency grows) against
@@ -35,6 +35,7 @@ from bot.config import Settings
 from bot.errors import AuthFailed, CouldNotCheck
 from bot.refs import manifest_path, validate_digest
 from bot.registry.media import ACCEPT
+from bot.registry.pace import RequestSlots
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class RegistryClient:
         self.password = password
         self._username = settings.registry_username
         self._basic = _basic(self._username, password)
-        self._semaphore = asyncio.Semaphore(settings.registry_concurrency)
+        self.slots = RequestSlots(settings.registry_concurrency)  # in flight, per second (pace.py), counted
         self._tokens: dict[str, _Token] = {}
         self._token_locks: dict[str, asyncio.Lock] = {}
         # Learned from the first challenge, so later requests carry credentials up front.
@@ -213,7 +214,7 @@ class RegistryClient:
             status = 0
             try:
                 async with (
-                    self._semaphore,
+                    self.slots,
                     self._http().request(
                         method, url, headers=all_headers, params=params, allow_redirects=follow_redirects
                     ) as answer,

@@ -86,7 +86,8 @@ class IntegrityChecker:
         self.client = client
         self.deep = deep
         self.blobs = BlobChecker(client, deep=deep, on_progress=on_progress, progress_every=progress_every)
-        self._cache: dict[tuple[str, str, str], asyncio.Task[Outcome]] = {}
+        # Shared walks by repository, then (kind, digest): a scan forgets a repository when its tags are done.
+        self._cache: dict[str, dict[tuple[str, str], asyncio.Task[Outcome]]] = {}
 
     def progress(self) -> DeepProgress:
         """How far this run's hashing has got (bytes, rate), whenever the caller wants to know."""
@@ -95,7 +96,8 @@ class IntegrityChecker:
     @property
     def layer_bytes(self) -> int:
         """Bytes of the distinct layers this run met: what hashing them all would read."""
-        return sum(self.blobs.layer_sizes.values())
+        distinct = {digest: size for sizes in self.blobs.layer_sizes.values() for digest, size in sizes.items()}
+        return sum(distinct.values())
 
     @property
     def bytes_hashed(self) -> int:
@@ -126,13 +128,22 @@ class IntegrityChecker:
 
     # --- manifests ------------------------------------------------------------------------------------
 
+    def forget(self, name: str) -> None:
+        """Drop repository `name`'s shared walks (a scan is done with it); any still running are cancelled,
+        since no check waits for them any more."""
+        for task in self._cache.pop(name, {}).values():
+            task.cancel()
+        self.blobs.forget(name)
+
     def _cached(self, key: tuple[str, str, str], make: Any) -> asyncio.Task[Outcome]:
-        task = self._cache.get(key)
+        name, kind, digest = key
+        shared = self._cache.setdefault(name, {})
+        task = shared.get((kind, digest))
         if task is None:
             task = asyncio.ensure_future(make())
             # A shared walk may outlive the check that started it: its failure is read here, never lost.
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._cache[key] = task
+            shared[kind, digest] = task
         return task
 
     async def _child_manifest(self, name: str, descriptor: dict[str, Any], depth: int) -> Outcome:

@@ -46,6 +46,7 @@ KEYS: dict[str, str] = {
     "ca_file": "CA bundle for the registry's TLS certificate",
     "timeout": "Seconds before one registry request times out (default REGISTRY_TIMEOUT)",
     "concurrency": "Registry requests in flight at once (default REGISTRY_CONCURRENCY)",
+    "scan_rate_limit": "Requests per second a scan may send to it, 0 unlimited (default SCAN_RATE_LIMIT)",
 }
 _SOURCES = ("password", "password_env", "password_vault")
 _TOKEN_SOURCES = ("github_token", "github_token_env", "github_token_vault")
@@ -74,6 +75,7 @@ class RegistryConfig:
     ca_file: str = ""
     timeout: float | None = None
     concurrency: int | None = None
+    scan_rate_limit: float | None = None
     from_environment: bool = field(default=False, compare=False)  # REGISTRY_URL and friends
 
     @property
@@ -130,6 +132,8 @@ class RegistryConfig:
             values["registry_timeout"] = self.timeout
         if self.concurrency is not None:
             values["registry_concurrency"] = self.concurrency
+        if self.scan_rate_limit is not None:
+            values["scan_rate_limit"] = self.scan_rate_limit
         if self.kind == "forgejo" and self.owner:
             values["forgejo_owners"] = (self.owner,)
         return base.with_values(**values)
@@ -187,6 +191,11 @@ def view_for_host(settings: Settings, host: str) -> Settings | None:
     """The settings as the registry `host` reads them (an incident's registry); None when none is configured."""
     entry = for_host(settings, host) if host else None
     return entry.view(settings) if entry is not None else None
+
+
+def registries_named(settings: Settings) -> str:
+    """The registries' hosts for a message: `forgejo.example, ghcr.io`."""
+    return ", ".join(entry.host for entry in registry_list(settings)) or "no registry"
 
 
 def require_registry(settings: Settings) -> tuple[RegistryConfig, ...]:
@@ -306,6 +315,14 @@ def _build(data: dict[str, Any], url: str, kind: str, where: str) -> RegistryCon
             raise ConfigError(f"{where}: {key} must be positive.")
         return value
 
+    rate = data.get("scan_rate_limit")
+    if rate is not None:
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            rate = -1.0
+        if not 0 <= rate < float("inf"):  # also refuses nan
+            raise ConfigError(f"{where}: scan_rate_limit must be 0 (unlimited) or requests per second.")
     verify = data.get("tls_verify", True)
     if not isinstance(verify, bool):
         raise ConfigError(f"{where}: tls_verify must be true or false.")
@@ -332,6 +349,7 @@ def _build(data: dict[str, Any], url: str, kind: str, where: str) -> RegistryCon
         ca_file=text("ca_file"),
         timeout=number("timeout", float),
         concurrency=number("concurrency", int),
+        scan_rate_limit=rate,
     )
 
 

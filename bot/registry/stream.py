@@ -55,7 +55,7 @@ async def open_blob(
     """GET `path` (/v2/<name>/blobs/<digest>) to read as a stream, holding one of the client's request slots
     while the block runs. Raises BlobStreamBroken when nothing could be sent, AuthFailed on a refused login."""
     url = f"{client.base_url}{path}"
-    async with client._semaphore:
+    async with client.slots:
         answer, final_url, sent, own = await _open_following(client, url, headers or {})
         if answer.status == 401 and own:
             challenge = answer.headers.get("WWW-Authenticate", "")

@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.incidents import lifecycle
 from bot.incidents.lifecycle import Phase, State, StepState
 from bot.incidents.models import ApprovalRequest, Incident, PhaseRun
-from bot.registry.model import ATTESTATION_ONLY, CheckResult, Problem, short_digest
+from bot.registry.model import ATTESTATION_ONLY, CheckResult, Problem, human_bytes, short_digest
 from bot.registry.scan import ScanResult
 from bot.runbook.base import Link, Step
 from bot.slack.limits import BUTTON_TEXT, CONTEXT_TEXT, SECTION_TEXT, clip, head_lines, tail_lines
@@ -206,24 +206,36 @@ def check_message(result: CheckResult, user: str | None) -> tuple[str, Blocks]:
     return text, [{"type": "section", "text": _text(text)}]
 
 
-def scan_summary(scan: ScanResult, user: str | None) -> tuple[str, Blocks]:
+def scan_summary(scans: Sequence[ScanResult], user: str | None) -> tuple[str, Blocks]:
+    """A scan's summary, one section per registry. A deep scan's names no tags: each broken one gets its own
+    incident message."""
     who = f" (asked by {mention(user)})" if user else ""
+    each = max(SECTION_TEXT // max(len(scans), 1), 500) if len(scans) > 1 else SECTION_TEXT
+    sections = [_scan_section(scan, who, min(each, SECTION_TEXT)) for scan in scans[:MAX_SCAN_SECTIONS]]
+    return "\n".join(sections), [{"type": "section", "text": _text(text)} for text in sections]
+
+
+MAX_SCAN_SECTIONS = 40  # of Slack's 50 blocks a message
+
+
+def _scan_section(scan: ScanResult, who: str, room: int) -> str:
     summary = scan.summary()
+    what = "Deep scan" if scan.deep else "Scan"
     if scan.error:
-        text = f"⚠️ Could not scan {escape(scan.registry)}: {escape(clip(scan.error, 1000))}{who}"
-    else:
-        broken = [r.reference for r in scan.broken]
-        icon = "🔴" if broken else "✅"
-        text = (
-            f"{icon} Scan of {escape(scan.registry)}: {summary['tags']} tags in {summary['repositories']} "
-            f"repositories, {summary['broken']} broken, {summary['errors']} not checked "
-            f"({summary['elapsed_ms']} ms){who}"
-        )
-        if broken:
-            text += "\n" + head_lines([f"• `{escape(ref)}`" for ref in broken[:20]], SECTION_TEXT - len(text) - 50)
-            if len(broken) > 20:
-                text += f"\n…and {len(broken) - 20} more"
-    return text, [{"type": "section", "text": _text(text)}]
+        return clip(f"⚠️ Could not {what.lower()} {escape(scan.registry)}: {escape(clip(scan.error, 1000))}{who}", room)
+    broken = [r.reference for r in scan.broken]
+    icon = "🔴" if summary["broken"] else "✅"
+    hashed = f", {human_bytes(scan.bytes_verified)} hashed" if scan.deep else ""
+    text = (
+        f"{icon} {what} of {escape(scan.registry)}: {summary['tags']} tags in {summary['repositories']} "
+        f"repositories, {summary['broken']} broken, {summary['errors']} not checked "
+        f"({summary['elapsed_ms']} ms{hashed}){who}"
+    )
+    if broken and not scan.deep:
+        text += "\n" + head_lines([f"• `{escape(ref)}`" for ref in broken[:20]], room - len(text) - 50)
+        if len(broken) > 20:
+            text += f"\n…and {len(broken) - 20} more"
+    return text
 
 
 def info_alert(

@@ -4,6 +4,7 @@ blocks.py, which escapes all outside text) and goes out through the gateway."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bot.config import Settings
@@ -112,8 +113,15 @@ class SlackNotifier:
         where = blocks.link(self.slack.permalink(incident.channel or "", incident.root_ts or ""), f"#{incident.id}")
         await self.slack.ephemeral(channel, user, f"🔴 {escape(incident.image)} is broken: incident {where}.")
 
-    async def scan_summary(self, channel: str, user: str | None, scan: ScanResult) -> None:
-        text, message = blocks.scan_summary(scan, user)
+    async def scan_summary(
+        self, channel: str, user: str | None, scans: Sequence[ScanResult], live: RunProgress | None = None
+    ) -> None:
+        text, message = blocks.scan_summary(scans, user)
+        if isinstance(live, SlackProgress):
+            await live.flush()  # its last progress edit first, so the summary is the message's last word
+            if live.ts is not None:
+                await self.slack.update(live.channel, live.ts, text, message)
+                return
         await self.slack.post(channel, text, message)
 
     async def channel_note(self, text: str) -> None:

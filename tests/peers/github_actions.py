@@ -3,8 +3,10 @@
 The API base is `url` (like https://api.github.com); web links (`html_url`) point at the same server.
 Auth: `Authorization: Bearer <token>` or `token <token>`; a wrong token answers 401 "Bad credentials" on
 every route, no token 404 on repository routes (the repositories are private). `X-GitHub-Api-Version` may be
-2022-11-28 (the default) or 2026-03-10, anything else answers 400. Errors have GitHub's shape
-`{"message", "documentation_url", "status"}`.
+any version GitHub supports (API_VERSIONS, shared with the GHCR stand-in: 2022-11-28, the default, and
+2026-03-10, which githubkit sends), anything else answers 400. Errors have GitHub's shape
+`{"message", "documentation_url", "status"}`. Every JSON answer is complete as GitHub's schema describes it
+(full users and repositories in runs, every required field of runs and jobs), so githubkit's models read it.
 
 A dispatch makes a run that goes queued -> in_progress -> completed (conclusion success / failure /
 cancelled) in a background thread, with one job whose steps advance in turn; the image step pushes a fresh
@@ -26,8 +28,10 @@ from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
+from tests.peers.ghcr import API_VERSIONS  # the versions GitHub's REST API accepts: one list for both stand-ins
+from tests.peers.github_actions_schema import answer_errors
 from tests.peers.registry import ImagePusher, PushedImage
-from tests.peers.woodpecker import CIStandIn, Request, Response, fake_sha, json_response
+from tests.peers.woodpecker import Answer, CIStandIn, Fault, Request, Response, fake_sha, json_response
 
 DOCS = "https://docs.github.com/rest"
 DOC_DISPATCH = f"{DOCS}/actions/workflows#create-a-workflow-dispatch-event"
@@ -38,7 +42,7 @@ DOC_CANCEL = f"{DOCS}/actions/workflow-runs#cancel-a-workflow-run"
 DOC_JOBS = f"{DOCS}/actions/workflow-jobs#list-jobs-for-a-workflow-run"
 DOC_JOB = f"{DOCS}/actions/workflow-jobs#get-a-job-for-a-workflow-run"
 DOC_JOB_LOGS = f"{DOCS}/actions/workflow-jobs#download-job-logs-for-a-workflow-run"
-API_VERSIONS = ("2022-11-28", "2026-03-10")
+BOT_LOGIN, BOT_USER_ID = "registry-bot", 190000001
 
 DEFAULT_STEPS = ("Set up job", "Checkout", "Build and push", "Complete job")
 DEFAULT_FAIL_LOG = (
@@ -157,21 +161,32 @@ class GitHubActionsStandIn(CIStandIn):
         *,
         registry_auth: tuple[str, str] | None = None,
         run_details_supported: bool = True,
+        api_versions: Sequence[str] = API_VERSIONS,
     ) -> None:
         super().__init__()
         self.token = token
         self.registry_url = registry_url
         self.registry_auth = registry_auth
         self.run_details_supported = run_details_supported  # False: an older GHES refusing return_run_details
+        self.api_versions = tuple(api_versions)  # ("2022-11-28",): a GitHub Enterprise Server without 2026-03-10
         self._workflows: list[GitHubWorkflow] = []
         self._runs: list[GitHubRun] = []
         self._ids = {"workflow": 161330, "run": 9100000000, "job": 25200000000}
         self._rate_remaining = 5000
+        self._created = time.time()
+        self.schema_errors: list[str] = []  # every answer is held to GitHub's schema (faults with a body aside)
+        self._faulted = threading.local()
         self.pushed: list[PushedImage] = []
 
     def __enter__(self) -> GitHubActionsStandIn:
         super().__enter__()
         return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self.schema_errors and exc[0] is None:  # a stand-in answering what GitHub would not fails its test
+            listed = "; ".join(self.schema_errors[:5])
+            raise AssertionError(f"the GitHub Actions stand-in answered off GitHub's schema: {listed}")
 
     # --- test controls --------------------------------------------------------------------------
 
@@ -244,6 +259,11 @@ class GitHubActionsStandIn(CIStandIn):
                 if (owner is None or run.workflow.owner == owner) and (repo is None or run.workflow.repo == repo)
             ]
 
+    def exhaust_rate_limit(self) -> None:
+        """Spend the token's hourly requests: the API then answers 403 with X-RateLimit-Remaining: 0."""
+        with self._lock:
+            self._rate_remaining = 0
+
     def run_html_url(self, owner: str, repo: str, run_id: int) -> str:
         return f"{self.url}/{owner}/{repo}/actions/runs/{run_id}"
 
@@ -256,7 +276,23 @@ class GitHubActionsStandIn(CIStandIn):
             phrase = "Error"
         return github_error(status, phrase)
 
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        fault = super()._take_fault(method, path)
+        self._faulted.explicit = fault is not None and fault.body is not None  # off-schema on purpose, perhaps
+        return fault
+
     def _answer(self, request: Request) -> Response:
+        self._faulted.explicit = False
+        response = self._answer_with_headers(request)
+        if not self._faulted.explicit:
+            answer = Answer(request.method, request.path, response.status, response.headers, response.body)
+            errors = answer_errors(answer)
+            if errors:
+                with self._lock:
+                    self.schema_errors.extend(errors)
+        return response
+
+    def _answer_with_headers(self, request: Request) -> Response:
         response = super()._answer(request)
         if response.headers.get("Content-Type", "").startswith("application/json"):
             with self._lock:
@@ -299,14 +335,19 @@ class GitHubActionsStandIn(CIStandIn):
         if token == "bad":
             return github_error(401, "Bad credentials")
         version = request.headers.get("X-GitHub-Api-Version")
-        if version is not None and version not in API_VERSIONS:
+        if version is not None and version not in self.api_versions:
             return github_error(
                 400, f"API version {version} is not supported.", f"{DOCS}/about-the-rest-api/api-versions"
             )
+        with self._lock:
+            spent = self._rate_remaining <= 0
+        if spent and token == "good":
+            message = f"API rate limit exceeded for user ID {BOT_USER_ID}."
+            return github_error(403, message, f"{DOCS}/overview/rate-limits-for-the-rest-api")
         if path == "/user" and method == "GET":
             if token == "none":
                 return github_error(401, "Requires authentication", f"{DOCS}/users/users#get-the-authenticated-user")
-            return json_response(200, {"login": "registry-bot", "id": 1, "type": "User", "site_admin": False})
+            return json_response(200, self._authenticated_user_json())
         match = re.fullmatch(r"/repos/([^/]+)/([^/]+)/actions(/.*)", path)
         if not match:
             return github_error(404, "Not Found")
@@ -498,21 +539,110 @@ class GitHubActionsStandIn(CIStandIn):
             "badge_url": f"{self.url}/{workflow.full_name}/workflows/{workflow.name}/badge.svg",
         }
 
-    def _repository_json(self, workflow: GitHubWorkflow) -> dict[str, Any]:
+    def _user_json(self, login: str, kind: str = "User") -> dict[str, Any]:
+        """A simple-user (or organization) object, every field GitHub's schema requires, as GitHub fills them."""
+        api = f"{self.url}/users/{login}"
+        user_id = BOT_USER_ID if login == BOT_LOGIN else int(fake_sha("user", login)[:7], 16)
         return {
-            "id": int(fake_sha(workflow.full_name)[:6], 16),
+            "login": login,
+            "id": user_id,
+            "node_id": f"{'O' if kind == 'Organization' else 'U'}_kgDO{user_id}",
+            "avatar_url": f"https://avatars.githubusercontent.com/u/{user_id}?v=4",
+            "gravatar_id": "",
+            "url": api,
+            "html_url": f"{self.url}/{login}",
+            "followers_url": f"{api}/followers",
+            "following_url": f"{api}/following{{/other_user}}",
+            "gists_url": f"{api}/gists{{/gist_id}}",
+            "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
+            "subscriptions_url": f"{api}/subscriptions",
+            "organizations_url": f"{api}/orgs",
+            "repos_url": f"{api}/repos",
+            "events_url": f"{api}/events{{/privacy}}",
+            "received_events_url": f"{api}/received_events",
+            "type": kind,
+            "user_view_type": "public",
+            "site_admin": False,
+        }
+
+    def _authenticated_user_json(self) -> dict[str, Any]:
+        """GET /user for a token without the `user` scope: the public profile (GitHub's public-user)."""
+        created = iso(self._created)
+        return {
+            **self._user_json(BOT_LOGIN),
+            "name": "registry-bot",
+            "company": None,
+            "blog": "",
+            "location": None,
+            "email": None,
+            "hireable": None,
+            "bio": None,
+            "twitter_username": None,
+            "public_repos": 0,
+            "public_gists": 0,
+            "followers": 0,
+            "following": 0,
+            "created_at": created,
+            "updated_at": created,
+        }
+
+    def _repository_json(self, workflow: GitHubWorkflow) -> dict[str, Any]:
+        """A minimal-repository object as a workflow run carries it (`repository`, `head_repository`)."""
+        api = f"{self.url}/repos/{workflow.full_name}"
+        repo_id = int(fake_sha(workflow.full_name)[:6], 16)
+        return {
+            "id": repo_id,
+            "node_id": f"R_kgDO{repo_id}",
             "name": workflow.repo,
             "full_name": workflow.full_name,
             "private": True,
-            "owner": {"login": workflow.owner, "type": "Organization"},
+            "owner": self._user_json(workflow.owner, "Organization"),
             "html_url": f"{self.url}/{workflow.full_name}",
-            "url": f"{self.url}/repos/{workflow.full_name}",
+            "description": None,
+            "fork": False,
+            "url": api,
+            "forks_url": f"{api}/forks",
+            "keys_url": f"{api}/keys{{/key_id}}",
+            "collaborators_url": f"{api}/collaborators{{/collaborator}}",
+            "teams_url": f"{api}/teams",
+            "hooks_url": f"{api}/hooks",
+            "issue_events_url": f"{api}/issues/events{{/number}}",
+            "events_url": f"{api}/events",
+            "assignees_url": f"{api}/assignees{{/user}}",
+            "branches_url": f"{api}/branches{{/branch}}",
+            "tags_url": f"{api}/tags",
+            "blobs_url": f"{api}/git/blobs{{/sha}}",
+            "git_tags_url": f"{api}/git/tags{{/sha}}",
+            "git_refs_url": f"{api}/git/refs{{/sha}}",
+            "trees_url": f"{api}/git/trees{{/sha}}",
+            "statuses_url": f"{api}/statuses/{{sha}}",
+            "languages_url": f"{api}/languages",
+            "stargazers_url": f"{api}/stargazers",
+            "contributors_url": f"{api}/contributors",
+            "subscribers_url": f"{api}/subscribers",
+            "subscription_url": f"{api}/subscription",
+            "commits_url": f"{api}/commits{{/sha}}",
+            "git_commits_url": f"{api}/git/commits{{/sha}}",
+            "comments_url": f"{api}/comments{{/number}}",
+            "issue_comment_url": f"{api}/issues/comments{{/number}}",
+            "contents_url": f"{api}/contents/{{+path}}",
+            "compare_url": f"{api}/compare/{{base}}...{{head}}",
+            "merges_url": f"{api}/merges",
+            "archive_url": f"{api}/{{archive_format}}{{/ref}}",
+            "downloads_url": f"{api}/downloads",
+            "issues_url": f"{api}/issues{{/number}}",
+            "pulls_url": f"{api}/pulls{{/number}}",
+            "milestones_url": f"{api}/milestones{{/number}}",
+            "notifications_url": f"{api}/notifications{{?since,all,participating}}",
+            "labels_url": f"{api}/labels{{/name}}",
+            "releases_url": f"{api}/releases{{/id}}",
+            "deployments_url": f"{api}/deployments",
         }
 
     def _run_json(self, run: GitHubRun) -> dict[str, Any]:
         workflow = run.workflow
         api = f"{self.url}/repos/{workflow.full_name}"
-        actor = {"login": "registry-bot", "id": 1, "type": "User"}
+        actor = self._user_json(BOT_LOGIN)
         return {
             "id": run.id,
             "name": workflow.name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,9 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
 
+_ACCESS = re.compile(r'\[(\d+/\w+/\d+:\d+:\d+:\d+ [+-]\d+)\] "(\w+) (\S+) HTTP')
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -52,9 +56,10 @@ def find_binary(name: str, package: str) -> str:
 class Registry:
     """docker-registry on 127.0.0.1:<free port>. Use as a context manager."""
 
-    def __init__(self, *, username: str | None = None, password: str | None = None) -> None:
+    def __init__(self, *, username: str | None = None, password: str | None = None, access_log: bool = False) -> None:
         self.username = username
         self.password = password
+        self.access_log = access_log  # each request logged, with its second: see `requests_logged`
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -80,7 +85,7 @@ class Registry:
             auth = f"auth:\n  htpasswd:\n    realm: test-realm\n    path: {self._dir / 'htpasswd'}\n"
         config = (
             "version: 0.1\n"
-            "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"log:\n  level: error\n  accesslog:\n    disabled: {'false' if self.access_log else 'true'}\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root}\n  delete:\n    enabled: true\n"
             "  maintenance:\n    uploadpurging:\n      enabled: false\n"
             # Foreign (Windows base) layers carry URLs; distribution refuses them unless allowed.
@@ -113,6 +118,18 @@ class Registry:
                 self._process.kill()
                 self._process.wait(5)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def requests_logged(self) -> list[tuple[float, str, str]]:
+        """(Unix second, method, path) of every request the registry logged (with `access_log`)."""
+        from datetime import datetime
+
+        logged = []
+        for line in (self._dir / "registry.log").read_text(errors="replace").splitlines():
+            match = _ACCESS.search(line)
+            if match:
+                at = datetime.strptime(match.group(1), "%d/%b/%Y:%H:%M:%S %z").timestamp()
+                logged.append((at, match.group(2), match.group(3)))
+        return logged
 
     def restart(self) -> None:
         """Stop and start on the same port and storage (clears the registry's in-memory caches)."""

@@ -10,10 +10,12 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from githubkit_schemas.latest.models import WorkflowDispatchResponse
 
-from tests.peers.github_actions import GitHubActionsStandIn
+from tests.peers.github_actions import API_VERSIONS, GitHubActionsStandIn
+from tests.peers.github_actions_schema import answer_errors
 from tests.peers.registry import OCI_INDEX, Registry
-from tests.peers.woodpecker import WoodpeckerStandIn
+from tests.peers.woodpecker import Answer, WoodpeckerStandIn
 from tests.peers.woodpecker_protocol import protocol_errors
 
 T = TypeVar("T")
@@ -395,3 +397,118 @@ def test_github_cancel_and_outage() -> None:
         failed = client.get(f"/repos/viktor/app/actions/runs/{run_id}")
         assert failed.status_code == 503 and failed.json()["status"] == "503"
         assert client.get(f"/repos/viktor/app/actions/runs/{run_id}").status_code == 200
+
+
+def test_github_answers_parse_with_a_githubkit_client(registry: Registry) -> None:
+    """Every route, asked by githubkit itself (GitHub's OpenAPI description): each answer parses as GitHub's."""
+    from githubkit import GitHub
+    from githubkit.versions import LATEST_VERSION
+
+    with GitHubActionsStandIn(registry_url=registry.url) as gh:
+        gh.add_workflow("viktor", "app", image=("viktor/kit", "v1"), seconds=0.3)
+        gh.add_workflow("viktor", "app", "slow.yml", seconds=5.0)
+        github = GitHub("gh-token", base_url=gh.url + "/", follow_redirects=False, http_cache=False, auto_retry=False)
+        actions = github.rest.actions
+        assert [w.path for w in actions.list_repo_workflows("viktor", "app").parsed_data.workflows] == [
+            ".github/workflows/build.yml",
+            ".github/workflows/slow.yml",
+        ]
+        assert actions.get_workflow("viktor", "app", "build.yml").parsed_data.state == "active"
+        assert actions.create_workflow_dispatch("viktor", "app", "build.yml", ref="main").status_code == 204
+        run_id = wait_for(
+            lambda: actions.list_workflow_runs("viktor", "app", "build.yml").parsed_data.workflow_runs,
+            what="the run to be listed",
+        )[0].id
+        run = wait_for(
+            lambda: (r := actions.get_workflow_run("viktor", "app", run_id).parsed_data).status == "completed" and r,
+            what="the run to complete",
+        )
+        assert (run.conclusion, run.head_branch, run.repository.full_name) == ("success", "main", "viktor/app")
+        assert run.actor and run.actor.login == "registry-bot"
+        (job,) = actions.list_jobs_for_workflow_run("viktor", "app", run_id).parsed_data.jobs
+        assert [step.conclusion for step in job.steps or []] == ["success"] * 4
+        assert actions.get_job_for_workflow_run("viktor", "app", job.id).parsed_data.runner_name
+        logs = actions.download_job_logs_for_workflow_run("viktor", "app", job.id)
+        assert (
+            logs.status_code == 302 and "pushing manifest for viktor/kit:v1" in httpx.get(logs.headers["Location"]).text
+        )
+        listed = actions.list_workflow_runs_for_repo("viktor", "app", status="completed").parsed_data
+        assert [r.id for r in listed.workflow_runs] == [run_id]
+
+        slow = actions.get_workflow("viktor", "app", "slow.yml").parsed_data.id
+        # return_run_details is not in the request body githubkit's description knows: sent as a plain request.
+        details = github.request(
+            "POST",
+            f"/repos/viktor/app/actions/workflows/{slow}/dispatches",
+            json={"ref": "main", "return_run_details": True},
+            headers={"X-GitHub-Api-Version": LATEST_VERSION},
+            response_model=WorkflowDispatchResponse,
+        ).parsed_data
+        assert actions.cancel_workflow_run("viktor", "app", details.workflow_run_id).status_code == 202
+        assert github.rest.users.get_authenticated().parsed_data.login == "registry-bot"
+        assert {r.headers["X-GitHub-Api-Version"] for r in gh.requests if r.path.startswith("/repos/")} == {
+            LATEST_VERSION
+        }
+
+
+def test_github_api_versions_are_githubs() -> None:
+    with GitHubActionsStandIn() as gh, gh_client(gh) as client:
+        gh.add_workflow("viktor", "app")
+        for version in API_VERSIONS:  # the versions GitHub documents as supported, the same as the GHCR stand-in's
+            answer = client.get("/repos/viktor/app/actions/workflows", headers={"X-GitHub-Api-Version": version})
+            assert answer.status_code == 200 and answer.headers["X-GitHub-Api-Version-Selected"] == version
+        refused = client.get("/repos/viktor/app/actions/workflows", headers={"X-GitHub-Api-Version": "2021-01-01"})
+        assert refused.status_code == 400
+        assert refused.json()["message"] == "API version 2021-01-01 is not supported."
+    with GitHubActionsStandIn(api_versions=("2022-11-28",)) as ghes, gh_client(ghes) as client:
+        ghes.add_workflow("viktor", "app")
+        newer = client.get("/repos/viktor/app/actions/workflows", headers={"X-GitHub-Api-Version": "2026-03-10"})
+        assert newer.status_code == 400 and newer.json()["status"] == "400"
+
+
+def test_a_github_stand_in_answering_off_schema_fails_its_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stand-in holds its own answers to GitHub's schema (explicit fault bodies aside) and fails at exit."""
+    render = GitHubActionsStandIn._job_json
+
+    def without_labels(self: GitHubActionsStandIn, run: Any) -> dict[str, Any]:
+        return {k: v for k, v in render(self, run).items() if k != "labels"}
+
+    monkeypatch.setattr(GitHubActionsStandIn, "_job_json", without_labels)
+    off_schema = r"off GitHub's schema: GET /repos/viktor/app/actions/runs/\d+/jobs 200"
+    with pytest.raises(AssertionError, match=off_schema), GitHubActionsStandIn() as gh, gh_client(gh) as client:
+        gh.add_workflow("viktor", "app")
+        run_id = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "return_run_details": True}
+        ).json()["workflow_run_id"]
+        assert client.get(f"/repos/viktor/app/actions/runs/{run_id}/jobs").status_code == 200
+    with GitHubActionsStandIn() as gh, gh_client(gh) as client:  # a fault's own body is the test's business
+        gh.fault("GET", "/workflows$", 200, body=b"[]", headers={"Content-Type": "application/json"})
+        gh.add_workflow("viktor", "app")
+        assert client.get("/repos/viktor/app/actions/workflows").json() == []
+    assert gh.schema_errors == []
+
+
+def test_the_github_schema_check_catches_what_github_would_not_answer() -> None:
+    with GitHubActionsStandIn() as gh, gh_client(gh) as client:
+        gh.add_workflow("viktor", "app", seconds=0.2)
+        run_id = client.post(
+            "/repos/viktor/app/actions/workflows/build.yml/dispatches", json={"ref": "main", "return_run_details": True}
+        ).json()["workflow_run_id"]
+        run = wait_run(client, "viktor/app", run_id)
+        job = client.get(f"/repos/viktor/app/actions/runs/{run_id}/jobs").json()["jobs"][0]
+    path = f"/repos/viktor/app/actions/runs/{run_id}"
+    assert answer_errors(Answer("GET", path, 200, {}, json.dumps(run).encode())) == []
+    partial_actor = {**run, "actor": {"login": "registry-bot", "id": 1, "type": "User"}}
+    for method, where, status, body in [
+        ("GET", path, 200, {k: v for k, v in run.items() if k != "head_sha"}),
+        ("GET", path, 200, partial_actor),
+        ("GET", path, 200, {**run, "created_at": "yesterday"}),
+        ("GET", f"{path}/jobs", 200, {"total_count": 1, "jobs": [{**job, "status": "done"}]}),
+        ("GET", f"{path}/jobs", 200, {"total_count": 1, "jobs": [{k: v for k, v in job.items() if k != "labels"}]}),
+        ("POST", "/repos/viktor/app/actions/workflows/build.yml/dispatches", 200, {"workflow_run_id": run_id}),
+        ("POST", "/repos/viktor/app/actions/workflows/build.yml/dispatches", 201, {}),
+        ("GET", path, 404, ["Not Found"]),
+    ]:
+        assert answer_errors(
+            Answer(method, where, status, {"Content-Type": "application/json"}, json.dumps(body).encode())
+        )
