@@ -111,3 +111,34 @@ def _present(world, digest: str) -> bool:
     accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
     status = httpx.get(f"{world.registry.url}/v2/{NAME}/manifests/{digest}", headers={"Accept": accept}).status_code
     return status == 200
+
+
+def test_one_apply_at_a_time_on_a_registry(tmp_path):
+    """Two plans on one registry: while one applies, the other is refused (each would plan around the other's
+    deletions); an apply whose replica died long ago no longer holds the registry; another registry is free."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from bot.incidents.lifecycle import PruneStatus
+    from bot.incidents.models import PrunePlan
+    from bot.incidents.prune_records import APPLY_HOLDS
+    from bot.incidents.store import Store
+
+    store = Store(f"sqlite:///{tmp_path}/bot.db")
+    store.migrate()
+    hour = timedelta(hours=1)
+    first, second, elsewhere = (
+        store.create_prune_plan(host, "{}", "command", APPROVER, CHANNEL, hour)
+        for host in ("forgejo.example", "forgejo.example", "ghcr.io")
+    )
+    assert store.ask_prune(first.id, APPROVER, two_people=False).changed
+    refused = store.ask_prune(second.id, APPROVER2, two_people=False)
+    assert not refused.changed and f"prune plan #{first.id} is being applied on forgejo.example" in refused.reason
+    assert store.get_prune_plan(second.id).status == PruneStatus.PENDING  # refused: nothing moved
+    assert store.ask_prune(elsewhere.id, APPROVER2, two_people=False).changed
+    with store._tx() as session:  # the first apply's replica died hours ago
+        long_ago = datetime.now(UTC) - APPLY_HOLDS - hour
+        session.execute(update(PrunePlan).where(PrunePlan.id == first.id).values(answered_at=long_ago))
+    assert store.ask_prune(second.id, APPROVER2, two_people=False).changed
+    store.close()

@@ -6,11 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from bot.incidents.database import Database
 from bot.incidents.lifecycle import PruneStatus
 from bot.incidents.models import PrunePlan, utcnow
+
+# An apply older than this no longer holds its registry: its replica died mid-apply (no apply runs this long).
+APPLY_HOLDS = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,18 @@ class PruneRecords(Database):
                 return PruneAnswer(False, plan, "that plan expired; run `/registry prune` again")
             if before == PruneStatus.AWAITING_APPROVAL and check and plan.apply_by == user:
                 return PruneAnswer(False, plan, "you asked to apply it; a different approver must approve it")
+            if values["status"] == PruneStatus.APPLYING:
+                busy = session.scalars(
+                    select(PrunePlan.id).where(
+                        PrunePlan.registry_host == plan.registry_host,
+                        PrunePlan.status == PruneStatus.APPLYING,
+                        PrunePlan.answered_at > now - APPLY_HOLDS,
+                        PrunePlan.id != plan_id,
+                    )
+                ).first()
+                if busy is not None:  # two applies on one registry would each plan around the other's deletions
+                    busy_now = f"prune plan #{busy} is being applied on {plan.registry_host}"
+                    return PruneAnswer(False, plan, f"{busy_now}; ask for a new plan once it is done")
             done = session.execute(
                 update(PrunePlan).where(PrunePlan.id == plan_id, PrunePlan.status == before).values(**values)
             )
