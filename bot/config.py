@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, UserFacingError
 
 
 class Secret:
@@ -177,6 +177,11 @@ class Settings:
     verify_delay: float = _setting(1800.0, "Seconds after a fix before verification runs.")
     prometheus_url: str = _setting("", "Prometheus base URL for verification's metric check.")
     scan_interval: float = _setting(900.0, "Seconds between the bot's own scans (0 turns them off).")
+    prune_older_than: str = _setting(
+        "1d",
+        "Slack's and the schedule's prune plans keep every version newer than this (`older=` in `/registry prune` "
+        "overrides it; empty: age protects nothing), so a push in progress is not cut in half.",
+    )
     prune_schedule: str = _setting(
         "",
         "Cron schedule (5 fields, UTC) of the leader's prune plans, posted for an approver's Apply; never applied "
@@ -346,6 +351,13 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{name.upper()} must be positive.")
     if settings.deep_max_bytes < 0 or settings.deep_scan_interval < 0:
         raise ConfigError("DEEP_MAX_BYTES and DEEP_SCAN_INTERVAL must be 0 or more.")
+    if settings.prune_older_than:
+        from bot.prune.model import parse_age
+
+        try:
+            parse_age(settings.prune_older_than)
+        except UserFacingError as exc:
+            raise ConfigError(f"PRUNE_OLDER_THAN: {exc}") from None
     if settings.prune_schedule:
         from apscheduler.triggers.cron import CronTrigger
 

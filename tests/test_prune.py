@@ -65,6 +65,7 @@ def _forgejo(tmp: Path, cleanup: str = "cleanup-token-s3cret") -> Iterator[Targe
             "REGISTRY_USERNAME": "cluster-puller",
             "REGISTRY_PASSWORD": "pull-token-s3cret",
             "FORGEJO_CLEANUP_TOKEN": cleanup,
+            "DATABASE_URL": f"sqlite:///{tmp}/b.db",
         }
         yield Target("forgejo", registry, forgejo.host, env, "viktor/prune-app", forgejo)
 
@@ -82,7 +83,7 @@ def _ghcr(tmp: Path, pat: str = PAT) -> Iterator[Target]:
             f"  - {{url: {ghcr.url}, kind: ghcr, owner: viktorbarzin, username: {user}, password_env: GHCR_PAT,"
             f" github_api_url: {ghcr.api_url}}}\n"
         )
-        env = {"REGISTRY_BOT_CONFIG": str(config), "GHCR_PAT": pat}
+        env = {"REGISTRY_BOT_CONFIG": str(config), "GHCR_PAT": pat, "DATABASE_URL": f"sqlite:///{tmp}/b.db"}
         yield Target("ghcr", registry, ghcr.host, env, "viktorbarzin/prune-app", ghcr)
 
 
@@ -146,6 +147,10 @@ def test_apply_deletes_exactly_the_plan_and_every_kept_tag_is_intact(target):
     assert body["applied"] is True and body["skipped"] == []
     assert {d["digest"] for d in body["deleted"]} == planned == digests(s.gone)
     assert body["verified"] == {"intact": 4, "broken": 0, "errors": 0}  # latest, v3, buildcache, v3's signature
+    audit = run_cli("audit", "--json", env=target.env).json()
+    deletions = [row for row in audit if row["action"] == "prune_delete"]
+    assert len(deletions) == len(planned) and all(row["user"].startswith("cli:") for row in deletions)
+    assert {row["action"] for row in audit} >= {"prune_apply"}
     for digest in digests(s.gone):
         assert not target.present(digest)
     for digest in digests(s.keep) | {s.untagged_referrer["digest"]}:
@@ -234,3 +239,39 @@ def _clean_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "VAULT_", "SLACK_"))}
+
+
+def test_a_tag_it_cannot_look_up_stops_the_plan_and_a_signature_kept_elsewhere_stays(tmp_path):
+    """A lookup answered 429 might hide a tag on a version the plan would delete: exit 2, nothing deleted. A
+    signature whose image lives in another repository (cosign's COSIGN_REPOSITORY) is never planned."""
+    for target in _forgejo(tmp_path):
+        s = story(target)
+        pusher = ImagePusher(target.registry.url)
+        signatures = "viktor/prune-sigs"
+        hexes = (s.keep["v3"]["digest"].split(":")[1], s.gone["v1"]["digest"].split(":")[1])
+        foreign = [Builder(pusher, target.registry).manifest(signatures, f"sig-{h[:6]}", day(1), tag=f"sha256-{h}.sig")
+                   for h in hexes]  # fmt: skip
+        pusher.close()
+        body = target.prune("--keep", "2", "--json").json()
+        planned = {p["digest"] for p in body["plan"]}
+        assert not planned & {sig["digest"] for sig in foreign}  # kept: their images are not in that repository
+        assert digests(s.gone) <= planned
+        forgejo = target.stand_in
+        assert isinstance(forgejo, ForgejoStandIn)
+        forgejo.tamper("HEAD", rf"^/v2/{target.name}/manifests/v3$", status=429)
+        run = target.prune("--keep", "2", "--apply", "--json")
+        assert run.code == 2, run.stdout + run.stderr
+        assert f"Could not look up {target.name}:v3 (HTTP 429), so nothing was deleted." in run.json()["error"]
+        assert not [m for m, _, _ in forgejo.requests if m == "DELETE"]
+        for digest in digests(s.gone):
+            assert target.present(digest)
+
+
+def test_an_apply_that_cannot_be_audited_deletes_nothing(tmp_path):
+    for target in _distribution(tmp_path):
+        s = story(target)
+        run = target.prune("--keep", "2", "--apply", env={"DATABASE_URL": "postgresql+psycopg://u:p@127.0.0.1:9/none"})
+        assert run.code == 2 and "Traceback" not in run.stderr
+        assert len((run.stdout + run.stderr).strip().splitlines()) == 1, run.stdout + run.stderr
+        for digest in digests(s.gone):
+            assert target.present(digest)

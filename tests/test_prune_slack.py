@@ -13,7 +13,7 @@ import httpx
 from tests.conftest import run_cli
 from tests.harness import APPROVER, APPROVER2, CHANNEL, VIEWER, buttons, message_text, roots
 from tests.peers.registry import ImagePusher
-from tests.prune_images import Builder, build
+from tests.prune_images import Builder, build, day
 from tests.world import make_world
 
 NAME = "viktor/prune-app"
@@ -39,6 +39,12 @@ def test_prune_in_slack_approvers_only_two_people_progress_and_audit():
         assert f"Prune plan #1 for {world.forgejo.host}: delete 5 of" in text
         assert f"{NAME}`: delete 5, keep" in text and "tagged, not among the 2 newest" in text
         assert buttons(plan) == ["registry_prune_apply"]
+        # Pushed after the plan was posted: the fresh plan at apply time deletes these too, but nobody approved that.
+        pusher = ImagePusher(world.registry.url)
+        late = Builder(pusher, world.registry)
+        v0 = late.index(NAME, "v0", [late.manifest(NAME, "amd64-0", day(1))], day(1))
+        late.stamp(NAME)
+        pusher.close()
         bot.click("registry_prune_apply", plan, user=VIEWER)
         world.slack.wait_for(lambda s: any(e["user"] == VIEWER and "Only approvers" in e["text"] for e in s.ephemeral))
         bot.click("registry_prune_apply", plan, user=APPROVER)
@@ -53,12 +59,14 @@ def test_prune_in_slack_approvers_only_two_people_progress_and_audit():
             assert _present(world, digest), "nothing is deleted before the second approver"
         bot.click("registry_prune_approve", ask, user=APPROVER2)
         done = world.slack.wait_for(
-            lambda s: next((m for m in world.thread(plan) if "deleted 5 of 5 planned" in (m.get("text") or "")), None),
+            lambda s: next((m for m in world.thread(plan) if "deleted 5 of 7 planned" in (m.get("text") or "")), None),
             timeout=60,
         )
-        assert "kept tags 4 intact, 0 broken" in done["text"] and done["text"].startswith("✅")
+        assert "kept tags 5 intact, 0 broken" in done["text"] and done["text"].startswith("✅")  # and v0
         progress = next(m for m in world.thread(plan) if "Applying prune plan #1" in message_text(m))
         assert "approved by" in message_text(progress)
+        assert progress["text"].count("not in the plan that was approved") == 2  # v0 and its child
+        assert _present(world, v0["digest"])
         for digest in (e["digest"] for e in story.gone.values()):
             assert not _present(world, digest)
         for digest in (e["digest"] for e in story.keep.values()):

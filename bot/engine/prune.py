@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import timedelta
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from bot.prune.model import Deleted, Skipped
 from bot.registry.registries import RegistryConfig, for_host, registry_list
 from bot.secrets import SecretResolver
 
+log = logging.getLogger(__name__)
 COMMAND, SCHEDULE = "command", "schedule"
 
 
@@ -71,7 +73,8 @@ class PruneFlow:
             await self.audit("prune_plan", "error", user=user, detail=f"{entry.host}: {outcome.error}")
             await self.notifier.prune_not_planned(channel, user, entry.host, outcome.error or "")
             return None
-        options = json.dumps({**policy.to_json(), "repository": policy.repository})
+        planned = [decision.digest for decision in outcome.plan.deletions]  # what the approvers will see
+        options = json.dumps({**policy.to_json(), "repository": policy.repository, "digests": planned})
         ttl = timedelta(seconds=self.settings.approval_ttl)
         record = await asyncio.to_thread(self.store.create_prune_plan, entry.host, options, source, user, channel, ttl)
         count = len(outcome.plan.deletions)
@@ -86,8 +89,9 @@ class PruneFlow:
 
     async def scheduled(self) -> None:
         """PRUNE_SCHEDULE: a plan for every registry, posted to wait for an approver; never applied here."""
+        policy = Policy.parse(None, None, self.settings.prune_older_than or None)
         for entry in registry_list(self.settings):
-            await self.post_plan(entry, Policy(), None, self.settings.slack_channel, SCHEDULE)
+            await self.post_plan(entry, policy, None, self.settings.slack_channel, SCHEDULE)
 
     # --- Apply and its approval -----------------------------------------------------------------------
 
@@ -168,10 +172,21 @@ class PruneFlow:
                 f"skip-{item.digest}", f"Kept {item.repository}@{item.digest[:19]}: {item.reason}", StepState.INFO
             )
 
-        hooks = Hooks(progress=said, deleted=deleted, skipped=skipped)
-        outcome = await run_prune(
-            self.settings, self.secrets, entry, policy, apply=True, hooks=hooks, observer=metrics.observe_registry
+        approved = options.get("digests")
+        hooks = Hooks(
+            progress=said,
+            deleted=deleted,
+            skipped=skipped,
+            approved=frozenset(str(d) for d in approved) if isinstance(approved, list) else None,
         )
+        try:
+            outcome = await run_prune(
+                self.settings, self.secrets, entry, policy, apply=True, hooks=hooks, observer=metrics.observe_registry
+            )
+        except Exception:  # a defect: the plan must still end (not hold its registry) and say so
+            log.exception("prune plan #%s stopped", record.id)
+            stopped = "an internal error stopped it (see the log)"
+            outcome = Outcome(None, entry.host, policy, applied=True, error=stopped)
         verified = outcome.verified
         state = StepState.DONE if outcome.exit_code == 0 else StepState.FAILED
         await progress.step(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bot.errors import UserFacingError
 from bot.prune.graph import Manifests, tags_now
@@ -38,6 +39,8 @@ class Hooks:
     progress: Callable[[str], Awaitable[None]] | None = None
     deleted: Callable[[Deleted], Awaitable[None]] | None = None
     skipped: Callable[[Skipped], Awaitable[None]] | None = None
+    # The digests the approvers saw planned (Slack): the fresh plan deletes no others.
+    approved: frozenset[str] | None = None
 
     async def say(self, text: str) -> None:
         if self.progress is not None:
@@ -73,7 +76,11 @@ async def _delete_one(
     outcome: Outcome,
     hooks: Hooks,
 ) -> None:
-    why, tags_there = await _protected(client, manifests, repository, decision)
+    tags_there: set[str] = set()
+    if hooks.approved is not None and decision.digest not in hooks.approved:
+        why = "not in the plan that was approved (planned since)"
+    else:
+        why, tags_there = await _protected(client, manifests, repository, decision)
     if why:
         skipped = Skipped(decision.repository, decision.digest, why)
         outcome.skipped.append(skipped)
@@ -127,7 +134,8 @@ async def _protected(
 
 
 async def verify(client: RegistryClient, plan: Plan) -> Verified:
-    """The full walk of every tag left in the planned repositories."""
+    """The full walk of every tag left in the planned repositories; a tag the plan kept that is gone is broken
+    (a delete took it with another tag's version)."""
     from bot.registry.integrity import IntegrityChecker
 
     verified = Verified()
@@ -138,6 +146,8 @@ async def verify(client: RegistryClient, plan: Plan) -> Verified:
         except UserFacingError:
             tags = []
             verified.errors.append(_error(client, repository.repository))
+        else:
+            verified.broken += _kept_tags_gone(client, repository, set(tags))
         for tag in tags:
             result = await checker.check(ImageRef(name=repository.repository, tag=tag))
             if result.status == "intact":
@@ -147,6 +157,27 @@ async def verify(client: RegistryClient, plan: Plan) -> Verified:
             else:
                 verified.errors.append(result)
     return verified
+
+
+def _kept_tags_gone(client: RegistryClient, repository: RepositoryPlan, tags: set[str]) -> list[Any]:
+    from bot.registry.model import CheckResult, Problem
+
+    gone: list[Any] = []
+    missing = "the tag is gone after the prune"
+    for digest in repository.kept:
+        version = repository.versions.get(digest)
+        for tag in sorted(version.tags if version else ()):
+            if tag not in tags:
+                gone.append(
+                    CheckResult(
+                        reference=f"{repository.repository}:{tag}",
+                        registry=client.settings.registry_host,
+                        status="broken",
+                        digest=digest,
+                        problems=[Problem(digest, "manifest", "missing", 404, detail=missing)],
+                    )
+                )
+    return gone
 
 
 def _error(client: RegistryClient, repository: str) -> object:

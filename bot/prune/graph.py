@@ -142,24 +142,44 @@ class Manifests:
 
 
 async def tags_now(client: RegistryClient, repository: str) -> dict[str, str]:
-    """Every tag of the repository and the digest it points at now (tags that no longer resolve are left out)."""
+    """Every tag of the repository and the digest it points at now. A tag that answers 404 went away since the
+    listing and is left out; any other failure, or a tag name outside the grammar, is a PlanError: a tag the
+    bot could not look up might point at a version it would otherwise delete."""
     from bot.registry.scan import list_tags_checked
 
     try:
-        tags, _ = await list_tags_checked(client, repository)
+        tags, bad = await list_tags_checked(client, repository)
     except CouldNotCheck as exc:
         raise PlanError(f"Could not list the tags of {repository}, so nothing was deleted: {exc}") from None
+    if bad:
+        raise PlanError(
+            f"{repository} has a tag the bot cannot look up ('{bad[0][:60]}' is outside the tag grammar), so "
+            "nothing was deleted."
+        )
     gate = asyncio.Semaphore(TAGS_IN_FLIGHT)
 
     async def resolve(tag: str) -> str | None:
         async with gate:
-            return await client.resolve_digest(repository, tag)
+            return await _digest_now(client, repository, tag)
 
     try:
         digests = await asyncio.gather(*(resolve(tag) for tag in tags))
+    except PlanError:
+        raise
     except UserFacingError as exc:
         raise PlanError(f"Could not resolve the tags of {repository}, so nothing was deleted: {exc}") from None
     return {tag: digest for tag, digest in zip(tags, digests, strict=True) if digest}
+
+
+async def _digest_now(client: RegistryClient, repository: str, tag: str) -> str | None:
+    response = await client.request("HEAD", manifest_path(repository, tag), headers={"Accept": ACCEPT})
+    if response.status_code == 404:
+        return None
+    digest = response.headers.get("Docker-Content-Digest", "").strip()
+    if response.status_code != 200 or not digest:
+        answer = f"HTTP {response.status_code}" if response.status_code != 200 else "no Docker-Content-Digest"
+        raise PlanError(f"Could not look up {repository}:{tag} ({answer}), so nothing was deleted.")
+    return validate_digest(digest)
 
 
 def _manifest(digest: str, document: dict[str, Any]) -> Manifest:

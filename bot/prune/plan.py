@@ -58,6 +58,7 @@ async def plan_repository(
         if version.tags and version.created is None and not graph[version.digest].missing:
             version.created = await manifests.created(repository, graph[version.digest])
     kept = _seeds(versions, policy, now)
+    _keep_foreign_referrers(kept, versions, graph)
     _close(kept, graph, referrers)
     for digest in kept:
         for child in graph[digest].children if digest in graph else ():
@@ -135,6 +136,18 @@ def _seeds(versions: dict[str, Version], policy: Policy, now: datetime) -> dict[
             elif version.created > cutoff:
                 kept.setdefault(version.digest, f"newer than {age_text(policy.older_than)}")
     return kept
+
+
+def _keep_foreign_referrers(kept: dict[str, str], versions: dict[str, Version], graph: dict[str, Manifest]) -> None:
+    """A referrer whose subject is not in this repository (cosign's COSIGN_REPOSITORY keeps signatures apart):
+    whether its image is kept cannot be seen from here, so it stays."""
+    for version in versions.values():
+        manifest = graph.get(version.digest)
+        subject = (manifest.subject if manifest else None) or next(
+            filter(None, (referrer_subject(t) for t in version.referrer_tags)), None
+        )
+        if subject and subject not in graph and version.digest not in kept:
+            kept[version.digest] = f"a referrer of {subject[:19]}, which is not in this repository"
 
 
 def needs(digest: str, graph: dict[str, Manifest], referrers: dict[str, set[str]]) -> Iterable[tuple[str, str]]:

@@ -11,6 +11,7 @@ from bot.config import Settings, load_settings
 from bot.errors import UserFacingError
 from bot.prune.model import Outcome, Policy
 from bot.registry.registries import RegistryConfig
+from bot.secrets import SecretResolver
 
 GC_NOTE = (
     "Blobs of deleted manifests stay on disk until the registry's garbage collection runs "
@@ -21,19 +22,58 @@ GC_NOTE = (
 def prune_command(args: argparse.Namespace) -> int:
     from bot.prune import run_prune
     from bot.refs import valid_repository_name
-    from bot.secrets import SecretResolver
 
     policy = Policy.parse(args.keep, args.keep_tags, args.older_than, args.repository)
     if args.repository is not None and not valid_repository_name(args.repository):
         raise UserFacingError(f"--repository '{args.repository[:100]}' is not a repository name (owner/name).")
     settings = load_settings()
     entry = choose_registry(settings, args.registry)
-    outcome = asyncio.run(run_prune(settings, SecretResolver(settings), entry, policy, apply=args.apply))
+    if args.apply:
+        outcome = asyncio.run(_audited_apply(settings, SecretResolver(settings), entry, policy))
+    else:
+        outcome = asyncio.run(run_prune(settings, SecretResolver(settings), entry, policy, apply=False))
     if args.json:
         print(json.dumps(outcome.to_json()))
     else:
         print_outcome(outcome, entry)
     return outcome.exit_code
+
+
+async def _audited_apply(settings: Settings, secrets: SecretResolver, entry: RegistryConfig, policy: Policy) -> Outcome:
+    """`--apply` as Slack's does it: every deletion and skip in the bot's audit log (DATABASE_URL), under the
+    operating-system user who ran it. A database that cannot take the first record stops it before any delete."""
+    import getpass
+
+    from bot.incidents.store import Store
+    from bot.prune import Hooks, run_prune
+    from bot.prune.model import Deleted, Skipped
+
+    user = f"cli:{getpass.getuser()}"
+    store = Store(settings.database)
+    try:
+        store.migrate()
+        store.audit("prune_apply", "started", user=user, detail=f"{entry.host}: {policy.describe()}")
+
+        async def deleted(item: Deleted) -> None:
+            what = f"{entry.host} {item.repository}@{item.digest} tags {','.join(item.tags) or '-'}"
+            await asyncio.to_thread(store.audit, "prune_delete", item.outcome, user=user, detail=what)
+
+        async def skipped(item: Skipped) -> None:
+            what = f"{item.repository}@{item.digest}: {item.reason}"
+            await asyncio.to_thread(store.audit, "prune_skip", "kept", user=user, detail=what)
+
+        outcome = await run_prune(
+            settings, secrets, entry, policy, apply=True, hooks=Hooks(deleted=deleted, skipped=skipped)
+        )
+        store.audit(
+            "prune_apply",
+            f"exit {outcome.exit_code}",
+            user=user,
+            detail=f"{entry.host}: {len(outcome.deleted)} deleted",
+        )
+        return outcome
+    finally:
+        store.close()
 
 
 def choose_registry(settings: Settings, host: str | None) -> RegistryConfig:

@@ -200,7 +200,8 @@ class GhcrSource:
 
     async def listed(self, repository: str) -> list[Version]:
         return [
-            Version(repository, v.digest, created=v.created, ids=[str(v.id)])
+            # GitHub's own tags count too: a tag whose lookup went wrong must still protect its version.
+            Version(repository, v.digest, tags=_image_tags(v.tags), created=v.created, ids=[str(v.id)])
             for v in await self.packages.versions(self._package(repository))
         ]
 
@@ -258,3 +259,9 @@ def _when(text: object) -> datetime | None:
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return min(x for x in (a, b) if x is not None) if (a or b) else None
+
+
+def _image_tags(tags: tuple[str, ...]) -> set[str]:
+    from bot.prune.model import referrer_subject
+
+    return {tag for tag in tags if not referrer_subject(tag)}

@@ -211,16 +211,19 @@ class SlackApp:
             await ack(response_type="ephemeral", text=blocks.USAGE)
 
     async def _prune_command(self, ack: Any, words: list[str], user: str, channel: str, delivery: str) -> None:
-        """`/registry prune [registry] [keep=N]`: approvers only; the plan is posted with an Apply button."""
+        """`/registry prune [registry] [keep=N] [older=DURATION]`: approvers only; the plan is posted with an Apply
+        button."""
         from bot.prune import Policy
         from bot.registry.multiscan import select_registries
 
         keep = [w.partition("=")[2] for w in words if w.lower().startswith("keep=")]
-        hosts = [w for w in words if not w.lower().startswith("keep=")]
+        older = [w.partition("=")[2] for w in words if w.lower().startswith("older=")]
+        hosts = [w for w in words if not w.lower().startswith(("keep=", "older="))]
         try:
-            if len(keep) > 1 or len(hosts) > 1:
+            if len(keep) > 1 or len(older) > 1 or len(hosts) > 1:
                 raise UserFacingError(blocks.PRUNE_USAGE)
-            policy = Policy.parse(keep[0] if keep else None, None, None)
+            age = older[0] if older else self.settings.prune_older_than or None
+            policy = Policy.parse(keep[0] if keep else None, None, age)
             entry = select_registries(self.settings, hosts or None)[0]
         except (UserFacingError, IndexError) as exc:
             text = str(exc) if isinstance(exc, UserFacingError) else "No registry is configured."

@@ -403,7 +403,9 @@ USAGE = (
 
 PRUNE_APPLY, PRUNE_APPROVE, PRUNE_DENY = "registry_prune_apply", "registry_prune_approve", "registry_prune_deny"
 PRUNE_SHOWN = 10  # deletions listed in the plan's message
-PRUNE_USAGE = "Usage: `/registry prune [registry] [keep=N]` (approvers only): plans; an Apply button deletes."
+PRUNE_USAGE = (
+    "Usage: `/registry prune [registry] [keep=N] [older=DURATION]` (approvers only): plans; an Apply button deletes."
+)
 
 
 def prune_plan(plan_id: int, outcome: Any, source: str, user: str | None) -> tuple[str, Blocks]:
@@ -499,6 +501,8 @@ def prune_applied(plan_id: int, outcome: Any) -> tuple[str, Blocks]:
         text += f"\nStopped: {escape(clip(outcome.error, 1000))}"
     if verified.broken:
         text += "\nEach broken tag opens an incident."
+    if outcome.deleted and outcome.plan is not None and outcome.plan.kind == "distribution":
+        text += "\nTheir blobs stay on disk until the registry's garbage collection runs."
     lines = [
         f"• kept `{escape(s.repository)}@{short_digest(s.digest)}`: {escape(clip(s.reason, 200))}"
         for s in outcome.skipped
