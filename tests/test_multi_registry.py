@@ -146,11 +146,13 @@ def test_jsonl_streams_every_registrys_tags_then_one_summary_naming_each(two, fo
     for result in results:
         conforms(result, "check")
     conforms(last, "scan_end")
-    assert sorted((r["registry"], r["reference"]) for r in results) == [
-        (forgejo.host, "viktor/old:v1"),
-        (forgejo.host, "viktor/payslip-ingest:latest"),
-        (mirror.host, "library/alpine:3.20"),
-    ]
+    assert sorted((r["registry"], r["reference"]) for r in results) == sorted(
+        [
+            (forgejo.host, "viktor/old:v1"),
+            (forgejo.host, "viktor/payslip-ingest:latest"),
+            (mirror.host, "library/alpine:3.20"),
+        ]
+    )
     assert last["summary"]["tags"] == 3 and [s["registry"] for s in last["registries"]] == [forgejo.host, mirror.host]
 
 
