@@ -160,3 +160,20 @@ def test_an_organisation_is_found_after_the_user_and_an_off_schema_answer_fails(
         broken = run_cli("scan", "--registry", org.host, env=env)
         assert broken.code == 2
         assert "answered listing viktorbarzin's packages with something that is not GitHub's schema" in broken.stdout
+
+
+def test_a_listing_longer_than_the_page_bound_is_an_error_not_a_shorter_list(ghcr, images, monkeypatch):
+    """Three versions two a page with a bound of one page: "could not check", never the first page alone
+    (prune would take a version it never saw listed for untagged)."""
+    import bot.registry.ghcr as ghcr_module
+    from bot.errors import CouldNotCheck
+
+    monkeypatch.setattr(ghcr_module, "MAX_PAGES", 1)
+    entry = RegistryConfig(url=ghcr.url, kind="ghcr", owner="viktorbarzin", github_api_url=ghcr.api_url)
+
+    async def versions() -> list:
+        async with GhcrPackages(entry, PAT) as packages:
+            return await packages.versions("app")
+
+    with pytest.raises(CouldNotCheck, match="more than 1 pages; the bot stopped"):
+        asyncio.run(versions())

@@ -175,7 +175,7 @@ def test_older_than_and_keep_tags_protect_and_a_bad_argument_is_one_line(tmp_pat
             (("--keep-tags", "(unclosed"), "is not a regular expression"),
             (("--older-than", "soon"), "is not a duration"),
             (("--older-than=-3d",), "is not a duration"),
-            (("--keep", "-1"), "keep must be 0 or more"),
+            (("--keep", "-1"), "keep must be between 0 and 100000"),
             (("--keep", "many"), "keep must be a whole number"),
             (("--registry", "elsewhere.example"), "is none of this bot's registries"),
             (("--repository", "Bad Name"), "is not a repository name"),

@@ -67,7 +67,7 @@ class Policy:
             except ValueError:
                 raise UserFacingError(f"keep must be a whole number, not '{str(keep)[:20]}'.") from None
             if not 0 <= count <= 100_000:
-                raise UserFacingError("keep must be 0 or more.")
+                raise UserFacingError("keep must be between 0 and 100000.")
         pattern = DEFAULT_KEEP_TAGS if keep_tags is None else keep_tags
         try:
             re.compile(pattern)

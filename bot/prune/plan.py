@@ -57,6 +57,10 @@ async def plan_repository(
     for version in versions.values():
         if version.tags and version.created is None and not graph[version.digest].missing:
             version.created = await manifests.created(repository, graph[version.digest])
+    undated = sorted(tag for v in versions.values() if v.tags and v.created is None for tag in v.tags)
+    if undated:
+        notes.append(f"{repository}: no creation time for {', '.join(undated[:5])}"
+                     f"{' and more' if len(undated) > 5 else ''}; they count as the oldest.")  # fmt: skip
     kept = _seeds(versions, policy, now)
     _keep_foreign_referrers(kept, versions, graph)
     _close(kept, graph, referrers)

@@ -63,6 +63,9 @@ class ForgejoPackages:
                     break
             elif len(batch) < PAGE_LIMIT:
                 break
+        else:  # a listing cut short would pass for the whole one
+            raise CouldNotCheck(f"Forgejo's packages API on {self.host} listed {owner}'s packages over more than "
+                                f"{MAX_PAGES} pages; the bot stopped.")  # fmt: skip
         return versions
 
     async def version_exists(self, owner: str, name: str, version: str) -> bool:

@@ -161,6 +161,8 @@ class GhcrPackages:
                 answer = await self._github.arequest("GET", url, response_model=model)
                 pages.append(answer.parsed_data)
                 link = _next_link(answer)
+            if link:  # a listing cut short would pass for the whole one
+                raise CouldNotCheck(f"GitHub's API listed {doing} over more than {MAX_PAGES} pages; the bot stopped.")
         except CouldNotCheck:
             raise
         except RequestFailed as exc:

@@ -146,6 +146,10 @@ async def _paged(client: RegistryClient, path: str, params: dict[str, str], key:
                 "not list it."
             )
         query = None  # the next link carries its own query
+    if url:  # a listing cut short would pass for the whole one
+        raise CouldNotCheck(
+            f"The registry listed {urlsplit(path).path} over more than {pages:,} pages; the bot stopped."
+        )
     return items
 
 
