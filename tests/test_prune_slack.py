@@ -39,10 +39,11 @@ def test_prune_in_slack_approvers_only_two_people_progress_and_audit():
         assert f"Prune plan #1 for {world.forgejo.host}: delete 5 of" in text
         assert f"{NAME}`: delete 5, keep" in text and "tagged, not among the 2 newest" in text
         assert buttons(plan) == ["registry_prune_apply"]
-        # Pushed after the plan was posted: the fresh plan at apply time deletes these too, but nobody approved that.
+        # Pushed after the plan was posted, listing a1, which the plan deletes: the fresh plan at apply time
+        # deletes v0 too, but nobody approved that, so v0 stays, and so does a1, which v0 now needs.
         pusher = ImagePusher(world.registry.url)
         late = Builder(pusher, world.registry)
-        v0 = late.index(NAME, "v0", [late.manifest(NAME, "amd64-0", day(1))], day(1))
+        v0 = late.index(NAME, "v0", [story.gone["a1"]], day(1))
         late.stamp(NAME)
         pusher.close()
         bot.click("registry_prune_apply", plan, user=VIEWER)
@@ -59,22 +60,23 @@ def test_prune_in_slack_approvers_only_two_people_progress_and_audit():
             assert _present(world, digest), "nothing is deleted before the second approver"
         bot.click("registry_prune_approve", ask, user=APPROVER2)
         done = world.slack.wait_for(
-            lambda s: next((m for m in world.thread(plan) if "deleted 5 of 7 planned" in (m.get("text") or "")), None),
+            lambda s: next((m for m in world.thread(plan) if "deleted 4 of 6 planned" in (m.get("text") or "")), None),
             timeout=60,
         )
         assert "kept tags 5 intact, 0 broken" in done["text"] and done["text"].startswith("✅")  # and v0
         progress = next(m for m in world.thread(plan) if "Applying prune plan #1" in message_text(m))
         assert "approved by" in message_text(progress)
-        assert progress["text"].count("not in the plan that was approved") == 2  # v0 and its child
-        assert _present(world, v0["digest"])
-        for digest in (e["digest"] for e in story.gone.values()):
-            assert not _present(world, digest)
+        assert progress["text"].count("not in the plan that was approved") == 1
+        assert "now listed by kept index" in progress["text"]
+        assert _present(world, v0["digest"]) and _present(world, story.gone["a1"]["digest"])
+        for name in ("v1", "v2", "a2", "sig1"):
+            assert not _present(world, story.gone[name]["digest"])
         for digest in (e["digest"] for e in story.keep.values()):
             assert _present(world, digest)
         audit = run_cli("audit", "--json", env={"DATABASE_URL": bot.env["DATABASE_URL"]})
         rows = audit.json()
         deletions = [r for r in rows if r["action"] == "prune_delete"]
-        assert len(deletions) == 5 and {r["user"] for r in deletions} == {APPROVER2}
+        assert len(deletions) == 4 and {r["user"] for r in deletions} == {APPROVER2}
         assert all(NAME in r["detail"] and "sha256:" in r["detail"] for r in deletions)
         assert any(r["action"] == "approve" and r["user"] == APPROVER2 for r in rows)
         assert any(r["action"] == "refuse" and r["user"] == VIEWER for r in rows)

@@ -80,7 +80,8 @@ async def _delete_one(
     if hooks.approved is not None and decision.digest not in hooks.approved:
         why = "not in the plan that was approved (planned since)"
     else:
-        why, tags_there = await _protected(client, manifests, repository, decision)
+        kept_after_all = {item.digest for item in outcome.skipped}
+        why, tags_there = await _protected(client, manifests, repository, decision, kept_after_all)
     if why:
         skipped = Skipped(decision.repository, decision.digest, why)
         outcome.skipped.append(skipped)
@@ -96,15 +97,20 @@ async def _delete_one(
 
 
 async def _protected(
-    client: RegistryClient, manifests: Manifests, repository: RepositoryPlan, decision: Decision
+    client: RegistryClient,
+    manifests: Manifests,
+    repository: RepositoryPlan,
+    decision: Decision,
+    kept_after_all: set[str],
 ) -> tuple[str, set[str]]:
     """Why this digest must stay after all ('' when it may go): a tag pushed since the plan points at it, or a
-    version kept now needs it; and the planned tags that still point at it."""
+    version kept now needs it (a planned one that was skipped is kept too); and the planned tags that still
+    point at it."""
     try:
         tags = await tags_now(client, decision.repository)
     except PlanError as exc:
         raise DeleteRefused(f"Could not check {decision.repository} again before deleting: {exc}") from None
-    planned = {(tag, d.digest) for d in repository.deleted for tag in d.tags}
+    planned = {(tag, d.digest) for d in repository.deleted if d.digest not in kept_after_all for tag in d.tags}
     there = {tag for tag, digest in tags.items() if digest == decision.digest}
     new_tags = sorted(there - set(decision.tags))
     if new_tags:
