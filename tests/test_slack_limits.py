@@ -155,3 +155,27 @@ def test_the_gateways_last_line_cuts_what_a_builder_left_over():
     too_long = [{"type": "section", "text": {"type": "mrkdwn", "text": "x" * 5000}}] * 60
     text, fixed = limits.enforce("y" * 50_000, too_long)
     assert limits.problems(text, fixed) == [] and validate_blocks(fixed) == []
+
+
+@HEALTH
+@given(
+    st.lists(st.tuples(names, st.lists(tags, max_size=30), long_text), max_size=400), st.lists(long_text, max_size=20)
+)
+def test_prune_messages_fit(deletions, notes):
+    from bot.prune.model import Decision, Deleted, Outcome, Plan, Policy, RepositoryPlan, Skipped
+    from bot.slack import prune_blocks
+
+    plan = Plan("forgejo.example", "distribution", Policy(), notes=notes)
+    for i, (name, its_tags, why) in enumerate(deletions):
+        digest = f"sha256:{i:064x}"
+        decision = Decision(name, digest, tuple(its_tags), why)
+        plan.repositories.append(RepositoryPlan(name, {}, {}, {digest: why}, [decision]))
+    outcome = Outcome(plan, "forgejo.example", Policy(), applied=True, error=notes[0] if notes else None)
+    outcome.deleted = [Deleted(d.repository, d.digest, d.tags, "deleted") for d in plan.deletions]
+    outcome.skipped = [Skipped(d.repository, d.digest, d.reason) for d in plan.deletions]
+    fits(*prune_blocks.prune_plan(7, outcome, "schedule", None))
+    fits(*prune_blocks.prune_plan(7, outcome, "command", "<!here>"))
+    fits(*prune_blocks.prune_applied(7, outcome))
+    fits(*prune_blocks.prune_approval(7, "forgejo.example", "U0APPROVER", NOW))
+    fits(*prune_blocks.prune_answered(7, "U0APPROVER", "applying", "U0APPROVER2"))
+    fits(prune_blocks.prune_not_planned("forgejo.example", notes[0] if notes else "", "U0VIEWER"), None)

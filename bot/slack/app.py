@@ -26,7 +26,7 @@ from bot.incidents.lifecycle import PHASES, PhaseSpec
 from bot.incidents.store import Store
 from bot.refs import parse_reference
 from bot.registry.registries import all_hosts
-from bot.slack import blocks
+from bot.slack import blocks, prune_blocks
 from bot.slack.clicks import Click, Clicks
 from bot.slack.gateway import SlackGateway
 from bot.slack.prune import PruneClicks
@@ -126,9 +126,9 @@ class SlackApp:
         app.action(blocks.CHECK_NOW)(self._check_now)
         if self.prune is not None:
             prune = self.prune
-            app.action(blocks.PRUNE_APPLY)(self._with_message(prune.apply))
-            app.action(blocks.PRUNE_APPROVE)(self._listener(lambda click: prune.answer(click, approve=True)))
-            app.action(blocks.PRUNE_DENY)(self._listener(lambda click: prune.answer(click, approve=False)))
+            app.action(prune_blocks.PRUNE_APPLY)(self._with_message(prune.apply))
+            app.action(prune_blocks.PRUNE_APPROVE)(self._listener(lambda click: prune.answer(click, approve=True)))
+            app.action(prune_blocks.PRUNE_DENY)(self._listener(lambda click: prune.answer(click, approve=False)))
         app.action(re.compile(".*"))(self._listener(self.clicks.unknown))  # any other action_id (Bolt: first match)
         return app
 
@@ -221,7 +221,7 @@ class SlackApp:
         hosts = [w for w in words if not w.lower().startswith(("keep=", "older="))]
         try:
             if len(keep) > 1 or len(older) > 1 or len(hosts) > 1:
-                raise UserFacingError(blocks.PRUNE_USAGE)
+                raise UserFacingError(prune_blocks.PRUNE_USAGE)
             age = older[0] if older else self.settings.prune_older_than or None
             policy = Policy.parse(keep[0] if keep else None, None, age)
             entry = select_registries(self.settings, hosts or None)[0]

@@ -14,7 +14,7 @@ from bot.engine.prune import PruneFlow
 from bot.incidents.models import PrunePlan
 from bot.incidents.store import Store
 from bot.prune import Outcome
-from bot.slack import blocks
+from bot.slack import prune_blocks
 from bot.slack.blocks import escape, mention
 from bot.slack.clicks import Click, Clicks
 from bot.slack.gateway import SlackGateway
@@ -29,23 +29,25 @@ class SlackPruneNotifier:
         self.slack = slack
 
     async def prune_plan(self, record: PrunePlan, outcome: Outcome) -> str | None:
-        text, message = blocks.prune_plan(record.id, outcome, record.source, record.requested_by)
+        text, message = prune_blocks.prune_plan(record.id, outcome, record.source, record.requested_by)
         posted = await self.slack.post(record.channel, text, message)
         return posted.ts if posted is not None else None
 
     async def prune_not_planned(self, channel: str, user: str | None, registry: str, error: str) -> None:
-        await self.slack.post(channel, blocks.prune_not_planned(registry, error, user))
+        await self.slack.post(channel, prune_blocks.prune_not_planned(registry, error, user))
 
     async def prune_approval(self, record: PrunePlan) -> str | None:
         if not record.message_ts:
             return None
-        text, message = blocks.prune_approval(record.id, record.registry_host, record.apply_by or "", record.expires_at)
+        text, message = prune_blocks.prune_approval(
+            record.id, record.registry_host, record.apply_by or "", record.expires_at
+        )
         posted = await self.slack.post(record.channel, text, message, thread_ts=record.message_ts)
         return posted.ts if posted is not None else None
 
     async def prune_answered(self, record: PrunePlan) -> None:
         if record.approval_ts:
-            text, message = blocks.prune_answered(record.id, record.apply_by, record.status, record.approved_by)
+            text, message = prune_blocks.prune_answered(record.id, record.apply_by, record.status, record.approved_by)
             await self.slack.update(record.channel, record.approval_ts, text, message)
 
     def prune_progress(self, record: PrunePlan) -> RunProgress:
@@ -55,7 +57,7 @@ class SlackPruneNotifier:
         return SlackProgress(self.slack, record.channel, record.message_ts or "", heading)
 
     async def prune_applied(self, record: PrunePlan, outcome: Outcome) -> None:
-        text, message = blocks.prune_applied(record.id, outcome)
+        text, message = prune_blocks.prune_applied(record.id, outcome)
         await self.slack.post(record.channel, text, message, thread_ts=record.message_ts)
 
 
@@ -84,7 +86,7 @@ class PruneClicks:
         if record is None or not await self.clicks.approver(click, None, "apply a prune"):
             return
         if message.get("blocks"):  # the button gives way to who clicked it, so nobody clicks twice
-            shown = blocks.prune_clicked(list(message["blocks"]), click.user)
+            shown = prune_blocks.prune_clicked(list(message["blocks"]), click.user)
             await self.slack.update(click.channel, click.message_ts, str(message.get("text") or ""), shown)
         reason = await self.flow.ask(record.id, click.user)
         if reason:
