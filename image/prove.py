@@ -193,7 +193,7 @@ print(json.dumps(sorted(sizes.items(), key=lambda item: -item[1])))
 def help_with_entrypoint() -> None:
     with step("registry-bot --help (--entrypoint registry-bot)"):
         done = engine("run", "--rm", "--entrypoint=registry-bot", TAG, "--help")
-        for command in ("check", "scan", "serve", "audit", "settings"):
+        for command in ("check", "scan", "prune", "serve", "audit", "settings"):
             expect(command in done.stdout, f"--help does not list {command}:\n{done.stdout}")
 
 
