@@ -282,6 +282,8 @@ def scale(sizes: list[int], runs: int) -> None:
                 f"(--jsonl {figures['scan --jsonl'][1] / 1024:.1f}, --json {figures['scan --json'][1] / 1024:.1f})",
                 flush=True,
             )
+    if len(rows) < 2:  # a slope needs two sizes
+        return
     times = slope([(size, seconds) for size, seconds, *_ in rows])
     print(f"time per tag (slope): {times * 1000:.2f} ms; ratio to the ceiling at {rows[-1][0]} tags: "
           f"{rows[-1][1] / rows[-1][2]:.2f}x")  # fmt: skip
