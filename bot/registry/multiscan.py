@@ -114,12 +114,8 @@ def summary_of(scans: Sequence[ScanResult]) -> dict[str, Any]:
     return {"summary": total, "registries": summaries}
 
 
-def to_json(scans: Sequence[ScanResult]) -> dict[str, Any]:
-    """The scan's one JSON document: every kept result (each names its registry), then `summary_of`."""
-    return {"results": [result.to_json() for scan in scans for result in scan.results], **summary_of(scans)}
-
-
 def json_document(scans: Sequence[ScanResult], results: Sequence[str]) -> str:
-    """`to_json`'s document from results already written as JSON text (a scan keeps text, not results)."""
+    """`scan --json`'s one document: every result (each names its registry), already written as JSON text (a scan
+    keeps text, not results), then `summary_of`."""
     rest = json.dumps(summary_of(scans))
     return f'{{"results": [{", ".join(results)}], {rest[1:]}'
