@@ -28,7 +28,10 @@ from bot.registry.progress import ScanProgress
 
 PAGE_SIZE = 100
 TAGS_IN_FLIGHT = 24
-LISTINGS_IN_FLIGHT = 4  # repositories whose tags are listed at once, ahead of the walks
+# Repositories whose tags are listed at once, ahead of the walks. Under a rate limit the listers and walkers
+# share one token bucket; at 4 listers against 24 walkers the listing got a seventh of it, so a paced scan's
+# total (and its ETA) stayed unknown for most of the scan.
+LISTINGS_IN_FLIGHT = 16
 
 ResultHook = Callable[[CheckResult], None]
 Keep = Callable[[CheckResult], bool]
