@@ -169,3 +169,21 @@ def test_basic_credentials_work_against_forgejo_too(registry, repo_name):
     with ForgejoStandIn(registry) as forgejo:
         run = run_cli("check", f"{forgejo.host}/{image.reference}", env={"REGISTRY_URL": forgejo.url, **PULL})
     assert run.code == 0, run.stdout
+
+
+def test_a_tag_lookup_is_its_digest_none_when_gone_and_could_not_check_otherwise(forgejo, pusher, repo_name):
+    """What rebuild's "another tag shares this digest" check and prune's plan stand on: a refused lookup (a rate
+    limit, a 403) must never pass for a tag that is not there."""
+    from bot.errors import CouldNotCheck
+
+    image = pusher.push_single(repo_name, "v1")
+
+    async def lookup(tag: str) -> str | None:
+        async with RegistryClient(settings_for(forgejo), "pull-token-s3cret") as client:
+            return await client.resolve_digest(repo_name, tag)
+
+    assert asyncio.run(lookup("v1")) == image.digest
+    assert asyncio.run(lookup("gone")) is None
+    forgejo.tamper("HEAD", rf"^/v2/{repo_name}/manifests/v1$", status=429)
+    with pytest.raises(CouldNotCheck, match=rf"Could not look up {repo_name}:v1 \(HTTP 429\)"):
+        asyncio.run(lookup("v1"))

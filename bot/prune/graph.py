@@ -160,7 +160,10 @@ async def tags_now(client: RegistryClient, repository: str) -> dict[str, str]:
 
     async def resolve(tag: str) -> str | None:
         async with gate:
-            return await _digest_now(client, repository, tag)
+            try:
+                return await client.resolve_digest(repository, tag)
+            except CouldNotCheck as exc:  # a tag it could not look up might point at a version planned to go
+                raise PlanError(f"{str(exc).rstrip('.')}, so nothing was deleted.") from None
 
     try:
         digests = await asyncio.gather(*(resolve(tag) for tag in tags))
@@ -169,17 +172,6 @@ async def tags_now(client: RegistryClient, repository: str) -> dict[str, str]:
     except UserFacingError as exc:
         raise PlanError(f"Could not resolve the tags of {repository}, so nothing was deleted: {exc}") from None
     return {tag: digest for tag, digest in zip(tags, digests, strict=True) if digest}
-
-
-async def _digest_now(client: RegistryClient, repository: str, tag: str) -> str | None:
-    response = await client.request("HEAD", manifest_path(repository, tag), headers={"Accept": ACCEPT})
-    if response.status_code == 404:
-        return None
-    digest = response.headers.get("Docker-Content-Digest", "").strip()
-    if response.status_code != 200 or not digest:
-        answer = f"HTTP {response.status_code}" if response.status_code != 200 else "no Docker-Content-Digest"
-        raise PlanError(f"Could not look up {repository}:{tag} ({answer}), so nothing was deleted.")
-    return validate_digest(digest)
 
 
 def _manifest(digest: str, document: dict[str, Any]) -> Manifest:

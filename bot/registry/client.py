@@ -176,17 +176,17 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
     ) -> RegistryResponse:
         """A request outside /v2/ (Forgejo's API) on the same pool and retries, with the caller's own auth."""
-        url = f"{self.base_url}{path}"
-        return await self._send_with_retries(method, url, headers, params, False, with_auth=False)
+        return await self._send_with_retries(method, f"{self.base_url}{path}", headers, params, False, with_auth=False)
 
     # --- manifests by reference ------------------------------------------------------------------------
 
     async def resolve_digest(self, name: str, reference: str) -> str | None:
-        """The digest a tag points at now (HEAD); None when it does not resolve."""
+        """The digest a tag points at now (HEAD); None when not there (404); any other answer, CouldNotCheck."""
         response = await self.request("HEAD", manifest_path(name, reference), headers={"Accept": ACCEPT})
-        if response.status_code != 200 or not response.headers.get("Docker-Content-Digest"):
-            return None
-        return validate_digest(response.headers["Docker-Content-Digest"].strip())  # a registry's answer may lie
+        digest = response.headers.get("Docker-Content-Digest", "").strip() if response.status_code == 200 else ""
+        if not digest and response.status_code != 404:
+            raise CouldNotCheck(f"Could not look up {name}:{reference} ({_unresolved(response.status_code)})")
+        return validate_digest(digest) if digest else None  # a registry's answer may lie
 
     async def delete_manifest(self, name: str, digest: str) -> int:
         """DELETE a manifest by digest, which removes every tag pointing at it; the answer's HTTP status."""
@@ -435,3 +435,7 @@ def _clip(text: str, limit: int = 100) -> str:
 def _path_of(url: str) -> str:
     """The path of a URL, for messages: never the query (it may carry a scope) nor credentials."""
     return urlsplit(url).path
+
+
+def _unresolved(status: int) -> str:
+    return "no Docker-Content-Digest" if status == 200 else f"HTTP {status}"
